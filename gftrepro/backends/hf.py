@@ -1,0 +1,118 @@
+"""The ``hf`` backend: batched ``transformers`` generation with per-sample seeds.
+
+``generate`` runs greedy decoding over a logits processor that does the sampling itself: for
+each row it applies temperature and top-p and draws with that row's own ``torch.Generator``
+seeded from (stage seed, prompt_id, sample_idx). A row's draws therefore never depend on the
+other rows of its batch. Batches are left-padded, use the KV cache, and hold requests sorted by
+prompt length so little compute goes to padding.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
+
+from gftrepro.backends import Progress, Request, Sample, SamplingParams, cap_new_tokens, decode, finish
+from gftrepro.errors import GftError
+from gftrepro.models import ModelRef, first_line
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise GftError(f"unknown dtype '{dtype}' (auto, float32, bfloat16, float16)") from None
+
+
+def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Zero the tail outside the smallest set whose mass reaches ``top_p`` (keeps the top token)."""
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    outside = sorted_p.cumsum(-1) - sorted_p > top_p
+    sorted_p = sorted_p.masked_fill(outside, 0.0)
+    return torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+
+
+class SeededSampler(LogitsProcessor):
+    """Draw each row's next token with its own generator; hand greedy search a one-hot choice."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, logprobs: bool):
+        self.seeds, self.temperature, self.top_p = seeds, temperature, top_p
+        self.generators: list[torch.Generator] | None = None
+        self.steps: list[torch.Tensor] = []  # [B] log-prob of the chosen token, per step
+        self.record = logprobs
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float()  # [B, V]
+        if self.temperature == 0:
+            choice = scores.argmax(-1)
+        else:
+            if self.generators is None:
+                self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
+            probs = torch.softmax(scores / self.temperature, dim=-1)
+            if self.top_p < 1.0:
+                probs = top_p_filter(probs, self.top_p)
+            choice = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)])
+        if self.record:
+            self.steps.append(torch.log_softmax(scores, -1).gather(1, choice[:, None]).squeeze(1).cpu())
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, choice[:, None], 0.0)
+
+
+class HFBackend:
+    def __init__(self, model: ModelRef, tokenizer, *, batch_size: int, device: str = "auto", dtype: str = "auto"):
+        self.device = pick_device(device)
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(model.path, dtype=pick_dtype(dtype, self.device))
+        except GftError:
+            raise
+        except Exception as e:
+            raise GftError(f"could not load model '{model.ref}': {first_line(e)}") from None
+        self.model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30)
+
+    @torch.inference_mode()
+    def generate(self, requests: list[Request], params: SamplingParams, progress: Progress) -> list[Sample]:
+        order = sorted(range(len(requests)), key=lambda i: (len(requests[i].prompt_ids), i))
+        results: dict[int, Sample] = {}
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            batch = [requests[i] for i in idx]
+            for i, sample in zip(idx, self.generate_batch(batch, params), strict=True):
+                results[i] = sample
+            progress(len(batch), sum(len(results[i].token_ids) for i in idx))
+        return [results[i] for i in range(len(requests))]
+
+    def generate_batch(self, batch: list[Request], params: SamplingParams) -> list[Sample]:
+        width = max(len(r.prompt_ids) for r in batch)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in batch])
+        mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in batch])
+        cap = cap_new_tokens(width, params.max_new_tokens, self.context_length)
+        stop = set(params.stop_token_ids)
+        if cap == 0:
+            return [Sample([], "", "length", [] if params.logprobs else None) for _ in batch]
+        sampler = SeededSampler([r.seed for r in batch], params.temperature, params.top_p, params.logprobs)
+        out = self.model.generate(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+            logits_processor=LogitsProcessorList([sampler]), do_sample=False, max_new_tokens=cap,
+            eos_token_id=params.stop_token_ids, pad_token_id=pad,
+            temperature=None, top_p=None, top_k=None,
+        )
+        generated = out[:, width:].cpu().tolist()
+        step_lp = torch.stack(sampler.steps, 1).tolist() if params.logprobs else None
+        samples = []
+        for row, tokens in enumerate(generated):
+            kept, reason = finish(tokens, stop, cap)
+            lp = step_lp[row][: len(kept)] if step_lp is not None else None
+            samples.append(Sample(kept, decode(self.tokenizer, kept, stop), reason, lp))
+        return samples

@@ -1,0 +1,157 @@
+"""The ``gft`` command line: one command per pipeline stage, in pipeline order.
+
+Each stage command takes ``--config FILE`` (YAML, the stage's keys at top level) and one flag per
+config field (built from the field's help text, so flags and config keys are the same names);
+flags override the file. ``--run`` picks the run folder (default ``outputs/default``).
+Bad input prints one line ``error: ...`` and exits 2; ``gft --debug ...`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import sys
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gftrepro import config as cfg
+from gftrepro import store
+from gftrepro.errors import GftError
+
+DEFAULT_RUN = Path("outputs/default")
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="gft: Group Fine-Tuning reproduction pipeline. Stage commands are listed in pipeline order.")
+err = Console(stderr=True)
+STATE = {"debug": os.environ.get("GFT_DEBUG") == "1"}
+
+
+@app.callback()
+def main_options(debug: bool = typer.Option(False, "--debug", help="show tracebacks on errors")) -> None:
+    STATE["debug"] = STATE["debug"] or debug
+
+
+def quiet_libraries() -> None:
+    """Silence library progress bars and warnings (called when a command runs, never at import)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def guarded(fn: Callable[[], Any]) -> Any:
+    """Run a command body: GftError -> one line and exit 2; anything else -> one line and exit 1."""
+    try:
+        quiet_libraries()
+        return fn()
+    except GftError as e:
+        if STATE["debug"]:
+            raise
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: complete shards are kept; rerun the same command to resume")
+        raise typer.Exit(130) from None
+    except Exception as e:
+        if STATE["debug"]:
+            raise
+        err.print(f"[red]internal error:[/red] {type(e).__name__}: {e} (rerun with gft --debug for the traceback)",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def flag_parameters(config_cls: type, defaults: dict[str, Any]) -> list[inspect.Parameter]:
+    """One ``--flag`` per config field, default None so only given flags override."""
+    params = []
+    instance = config_cls()
+    hints = cfg.field_types(config_cls)
+    for f in dataclasses.fields(config_cls):
+        tp = cfg.base_type(hints[f.name])
+        flag = f.metadata.get("flag") or f.name.replace("_", "-")
+        default = defaults.get(f.name, getattr(instance, f.name))
+        is_list = typing.get_origin(tp) is list
+        shown = ",".join(default) if is_list else default
+        text = f"{f.metadata['help']}{' (comma-separated)' if is_list else ''} [default: {shown!r}]"
+        if tp is bool:
+            option = typer.Option(None, f"--{flag}/--no-{flag}", help=text, show_default=False)
+        else:
+            option = typer.Option(None, f"--{flag}", help=text, show_default=False)
+            tp = str if is_list else tp
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[tp]))
+    return params
+
+
+def stage_command(name: str, config_cls: type, body: Callable[[Any, Path], Any], help: str,
+                  defaults: dict[str, Any] | None = None) -> None:
+    """Register ``gft <name>``: resolve the config from defaults, file and flags, then run the stage."""
+
+    def command(**kwargs: Any) -> None:
+        path, run_dir = kwargs.pop("config"), kwargs.pop("run")
+        overrides = {k: v for k, v in kwargs.items() if v is not None}
+        guarded(lambda: body(cfg.load(config_cls, path, overrides, defaults), run_dir))
+
+    common = [
+        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                          default=typer.Option(None, "--config", "-c", help="YAML config file for this stage")),
+        inspect.Parameter("run", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
+                          default=typer.Option(DEFAULT_RUN, "--run", help="run folder")),
+    ]
+    command.__signature__ = inspect.Signature(common + flag_parameters(config_cls, defaults or {}))  # type: ignore[attr-defined]
+    command.__doc__ = help
+    app.command(name=name, help=help)(command)
+
+
+def sample_stage(source: str) -> Callable[[Any, Path], Any]:
+    def body(config: Any, run_dir: Path) -> Any:
+        from gftrepro import sample
+
+        return sample.run(config, run_dir, source)
+
+    return body
+
+
+def register() -> None:
+    from gftrepro.sample import SELF_DEFAULTS, SampleConfig
+
+    stage_command("sample-teacher", SampleConfig, sample_stage("teacher"),
+                  "Sample teacher completions: n per problem from a stronger model.")
+    stage_command("sample-self", SampleConfig, sample_stage("self"),
+                  "Sample self completions: n per problem from the student (base or checkpoint).", SELF_DEFAULTS)
+
+
+register()
+
+
+@app.command("status")
+def status(run: Path = typer.Option(DEFAULT_RUN, "--run", help="run folder")) -> None:
+    """Where a run stands: each stage's versions, complete / partial / missing (manifests only)."""
+
+    def body() -> None:
+        if not run.is_dir():
+            raise GftError(f"run folder {run} does not exist (run a stage first, or pass --run)")
+        table = Table(title=f"gft status: {run}")
+        for col in ("stage", "version", "state", "shards", "rows", "completed"):
+            table.add_column(col)
+        colors = {"complete": "green", "partial": "yellow", "missing": "dim"}
+        for r in store.status_rows(run):
+            table.add_row(r["stage"], r["version"], f"[{colors[r['state']]}]{r['state']}[/]", r["shards"], r["rows"],
+                          r["when"])
+        Console().print(table)
+
+    guarded(body)
+
+
+def main() -> None:
+    app(prog_name="gft")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

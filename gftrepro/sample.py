@@ -1,0 +1,235 @@
+"""Stages ``sample-teacher`` and ``sample-self``: n completions per problem from one model.
+
+Reads: problems (bundled ``testbed``, a local file, or a hub dataset) and a model (``testbed:...``,
+a local folder such as a ``gft train`` checkpoint, or a hub id).
+Writes: ``<run>/sample-<source>/<version>/`` with ``problems.parquet`` (prompt_id, question,
+solution, answer), completion shards in the ``schema.COMPLETIONS`` vocabulary, and
+``manifest.json`` last.
+
+    gft sample-teacher                      # embedded default: testbed problems, tiny teacher
+    gft sample-self --model Qwen/Qwen2.5-Math-1.5B --n 4 --backend vllm
+    gft sample-teacher --shard-index 1 --num-shards 4    # process 1 of 4 over one stage
+
+Where this departs from the paper's setup:
+
+1. The authors' code draws the 4 self rollouts from the current policy at every training step
+   (on-policy). Here they are drawn once, before training, from the configured model; sampling
+   again from a checkpoint (``--model <train folder>``) is the way to go round by round.
+2. Each sample is its own request with its own seed (sha256 of stage seed, prompt_id,
+   sample_idx), never ``n`` samples sharing one seed: growing n or resuming keeps old samples.
+3. New tokens are capped so prompt + completion fits the model's context (Qwen2.5-Math: 4,096
+   in total); a capped sample ends with ``finish_reason = length``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from gftrepro import config as cfg
+from gftrepro import schema, store
+from gftrepro.backends import Backend, Request, SamplingParams, check_backend
+from gftrepro.config import opt
+from gftrepro.errors import GftError
+from gftrepro.models import QWEN_MATH_COT, ModelRef, format_prompt, load_tokenizer, resolve_model, stop_token_ids
+from gftrepro.problems import Problems, load_problems
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    # what to sample from
+    dataset: str = opt("testbed", "problems: 'testbed', a local .jsonl/.parquet file or folder, or a hub dataset id")
+    split: str = opt("train", "dataset split")
+    question_field: str = opt("problem", "field holding the question text")
+    solution_field: str = opt("solution", "field holding the expert solution ('' if none)")
+    answer_field: str = opt("answer", "field holding the gold answer ('' to take it from the solution's \\boxed{})")
+    limit: int = opt(512, "use the first N unique problems (0 = all)")
+    model: str = opt("testbed:teacher", "model: testbed:<name>, a local folder, or a hub id")
+    # how to sample
+    n: int = opt(3, "samples per problem")
+    temperature: float = opt(1.0, "sampling temperature (0 = greedy)")
+    top_p: float = opt(1.0, "nucleus sampling mass")
+    max_new_tokens: int = opt(128, "cap on generated tokens (also capped by the model's context)")
+    system_prompt: str = opt(QWEN_MATH_COT, "system prompt ('' for none)")
+    prompt_template: str = opt("auto", "auto (chat template if the tokenizer has one), chat, or plain")
+    stop_tokens: list[str] = opt(["<|im_end|>", "<|endoftext|>"], "extra stop tokens, used when in the vocabulary")
+    seed: int = opt(0, "base seed; each sample's seed derives from it, the prompt_id and sample_idx")
+    logprobs: bool = opt(False, "store per-token log-probs of each completion")
+    # how to run
+    backend: str = opt("hf", "generation backend: hf or vllm")
+    shard_size: int = opt(64, "problems per output shard (the unit of work and of resumption)")
+    batch_size: int = opt(64, "hf: sequences per generate call")
+    device: str = opt("auto", "hf: auto, cpu, cuda, cuda:1, ...", versioned=False)
+    dtype: str = opt("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
+    tensor_parallel_size: int = opt(1, "vllm: GPUs per engine", versioned=False)
+    gpu_memory_utilization: float = opt(0.9, "vllm: share of GPU memory for weights and KV cache", versioned=False)
+    max_model_len: int = opt(0, "vllm: context length (0 = the model's)")
+    enforce_eager: bool = opt(False, "vllm: skip CUDA-graph / torch.compile capture (faster start)", versioned=False)
+    shard_index: int = opt(0, "this process's part of the stage (0-based)", versioned=False)
+    num_shards: int = opt(1, "how many processes share the stage", versioned=False)
+
+    def validate(self) -> None:
+        check_backend(self.backend)
+        checks = [
+            (self.n >= 1, f"n must be at least 1, got {self.n}"),
+            (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.max_new_tokens >= 1, f"max_new_tokens must be at least 1, got {self.max_new_tokens}"),
+            (self.limit >= 0, f"limit must be >= 0, got {self.limit}"),
+            (self.shard_size >= 1, f"shard_size must be at least 1, got {self.shard_size}"),
+            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+            (self.prompt_template in ("auto", "chat", "plain"), f"prompt_template must be auto, chat or plain, got '{self.prompt_template}'"),
+            (self.num_shards >= 1 and 0 <= self.shard_index < self.num_shards,
+             f"shard_index must be in [0, num_shards), got {self.shard_index} of {self.num_shards}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise GftError(message)
+
+
+SELF_DEFAULTS = {"model": "testbed:student", "n": 4}
+
+
+def sample_seed(base: int, prompt_id: str, sample_idx: int) -> int:
+    digest = hashlib.sha256(f"{base}:{prompt_id}:{sample_idx}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")  # < 2**32: valid for torch and vLLM
+
+
+def make_backend(config: SampleConfig, model: ModelRef, tokenizer) -> Backend:
+    if config.backend == "vllm":
+        from gftrepro.backends.vllm import VLLMBackend
+
+        return VLLMBackend(model, tokenizer, tensor_parallel_size=config.tensor_parallel_size,
+                           gpu_memory_utilization=config.gpu_memory_utilization, max_model_len=config.max_model_len,
+                           dtype=config.dtype, enforce_eager=config.enforce_eager, seed=config.seed)
+    from gftrepro.backends.hf import HFBackend
+
+    return HFBackend(model, tokenizer, batch_size=config.batch_size, device=config.device, dtype=config.dtype)
+
+
+def shard_rows(problems: Problems, prompts: list[str], shard: range, config: SampleConfig, source: str,
+               tokenizer) -> tuple[list[Request], dict[str, list]]:
+    """Requests for one shard (n per problem) and the row columns known before generation."""
+    pids = problems.table.column("prompt_id").to_pylist()
+    requests, cols = [], {n: [] for n in ("prompt_id", "sample_idx", "source", "prompt", "model", "seed")}
+    for i in shard:
+        ids = tokenizer(prompts[i], add_special_tokens=False)["input_ids"]
+        for j in range(config.n):
+            seed = sample_seed(config.seed, pids[i], j)
+            requests.append(Request(ids, seed))
+            for name, value in zip(cols, (pids[i], j, source, prompts[i], config.model, seed), strict=True):
+                cols[name].append(value)
+    return requests, cols
+
+
+def progress_bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} samples"),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+    )
+
+
+def summary_table(stage: str, manifest: dict) -> Table:
+    s = manifest["summary"]
+    table = Table(title=f"{stage} {manifest['version']}")
+    for col in ("prompts", "samples", "tokens", "truncated", "wall time", "samples/s", "tokens/s"):
+        table.add_column(col, justify="right")
+    gen = max(s["generation_seconds"], 1e-9)
+    table.add_row(str(s["prompts"]), str(s["samples"]), str(s["tokens"]), f"{s['truncated_share']:.1%}",
+                  f"{s['generation_seconds']:.1f}s", f"{s['samples'] / gen:.1f}", f"{s['tokens'] / gen:.0f}")
+    return table
+
+
+def summarize(vdir: store.VersionDir, num_prompts: int) -> dict:
+    """Totals over all shards (read from shard columns and metadata, so resumed runs add up)."""
+    samples = tokens = truncated = 0
+    seconds = 0.0
+    for path in sorted(vdir.path.glob("shard-*.parquet")):
+        t = pq.read_table(path, columns=["completion_tokens", "finish_reason"])
+        samples += t.num_rows
+        tokens += sum(t.column("completion_tokens").to_pylist())
+        truncated += t.column("finish_reason").to_pylist().count("length")
+        seconds += store.shard_metadata(path).get("generation_seconds", 0.0)
+    return {"prompts": num_prompts, "samples": samples, "tokens": tokens,
+            "truncated_share": truncated / max(samples, 1), "generation_seconds": seconds}
+
+
+def run(config: SampleConfig, run_dir: Path, source: str, console: Console | None = None) -> dict | None:
+    """Sample this process's shards; write the manifest once all shards exist. Returns it (or None)."""
+    console = console or Console()
+    stage = f"sample-{source}"
+    store.ensure_writable(run_dir)
+    problems = load_problems(config.dataset, config.split, config.question_field, config.solution_field,
+                             config.answer_field, config.limit)
+    model = resolve_model(config.model)
+    inputs = {"problems": problems.fingerprint, "model": {"ref": model.ref, "fingerprint": model.fingerprint}}
+    vdir = store.open_version(run_dir, stage, cfg.versioned_dict(config), inputs, cfg.to_dict(config))
+    console.rule(f"gft {stage} -> {vdir.path}")
+    console.print(cfg.to_yaml(config).rstrip(), highlight=False)
+    if vdir.is_complete():
+        console.print(f"[green]complete[/green]: {stage} {vdir.version} is already done, nothing to do")
+        console.print(summary_table(stage, vdir.read_manifest()))
+        return vdir.read_manifest()
+
+    count = -(-len(problems) // config.shard_size)
+    mine = [k for k in range(count) if k % config.num_shards == config.shard_index]
+    todo = [k for k in mine if k not in vdir.done_shards()]
+    if config.num_shards == 1:
+        vdir.clear_stale_temporaries()
+    problems_path = vdir.path / "problems.parquet"
+    if not problems_path.exists():
+        store.write_table(problems_path, problems.table)
+    if problems.duplicates:
+        console.print(f"note: {problems.duplicates} duplicate questions dropped")
+    console.print(f"{len(problems)} problems x {config.n} samples, {count} shards: "
+                  f"{len(mine) - len(todo)} of this process's {len(mine)} already done")
+    if todo:
+        sample_shards(config, problems, model, vdir, todo, count, source, console)
+    manifest = store.finalize(vdir, count, {"summary": summarize(vdir, len(problems))})
+    if manifest is None:
+        missing = count - len(vdir.done_shards())
+        console.print(f"part {config.shard_index}/{config.num_shards} done; {missing} shards of other parts missing, "
+                      "manifest not written yet")
+        return None
+    console.print(summary_table(stage, manifest))
+    return manifest
+
+
+def sample_shards(config: SampleConfig, problems: Problems, model: ModelRef, vdir: store.VersionDir,
+                  todo: list[int], count: int, source: str, console: Console) -> None:
+    tokenizer = load_tokenizer(model)
+    questions = problems.table.column("question").to_pylist()
+    prompts = [format_prompt(tokenizer, q, config.system_prompt, config.prompt_template) for q in questions]
+    stops = stop_token_ids(tokenizer, model.path, config.stop_tokens)
+    params = SamplingParams(config.temperature, config.top_p, config.max_new_tokens, stops, config.logprobs)
+    backend = make_backend(config, model, tokenizer)
+    total = sum(len(range(k * config.shard_size, min((k + 1) * config.shard_size, len(problems)))) for k in todo)
+    started, done_tokens = time.perf_counter(), 0
+    with progress_bar(console) as bar:
+        task = bar.add_task(f"sample-{source}", total=total * config.n, rate="")
+
+        def advance(samples: int, tokens: int) -> None:
+            nonlocal done_tokens
+            done_tokens += tokens
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            done = bar.tasks[task].completed + samples
+            bar.update(task, advance=samples, rate=f"{done / elapsed:.1f} samples/s {done_tokens / elapsed:.0f} tok/s")
+
+        for k in todo:
+            shard = range(k * config.shard_size, min((k + 1) * config.shard_size, len(problems)))
+            requests, cols = shard_rows(problems, prompts, shard, config, source, tokenizer)
+            t0 = time.perf_counter()
+            samples = backend.generate(requests, params, advance)
+            cols["completion"] = [s.text for s in samples]
+            cols["completion_tokens"] = [len(s.token_ids) for s in samples]
+            cols["finish_reason"] = [s.finish_reason for s in samples]
+            cols["logprobs"] = [s.logprobs for s in samples]
+            store.write_table(vdir.shard_path(k, count), schema.table(cols, schema.COMPLETIONS),
+                              {"generation_seconds": time.perf_counter() - t0})

@@ -1,0 +1,113 @@
+"""The bundled task: multi-step integer arithmetic with a verifiable answer in ``\\boxed{}``.
+
+Each problem is a random expression tree over small integers with ``+``, ``-`` and ``*``
+("Compute (12 + 7) * 3 - 15."). Every internal node is one step ``a op b = c``; a valid
+solution writes the steps in any order in which each step's operands are already known, so
+the same problem has several correct worked solutions. The expert (dataset) solution is the
+canonical one: post-order, left operand first.
+
+Regenerate the committed files (fixed seed, byte-identical output)::
+
+    python -m gftrepro.testbed.task --out data/testbed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+OPS = ("+", "-", "*")
+PRECEDENCE = {"+": 1, "-": 1, "*": 2}
+SPLITS = {"train": 2000, "test": 300}
+SEED = 20261122
+
+
+@dataclass(frozen=True)
+class Node:
+    """A leaf (``op is None``, ``value`` set) or a binary operation."""
+
+    value: int
+    op: str | None = None
+    left: Node | None = None
+    right: Node | None = None
+
+
+def apply(op: str, a: int, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def random_tree(rng: random.Random, leaves: int) -> Node:
+    if leaves == 1:
+        return Node(rng.randint(1, 20))
+    k = rng.randint(1, leaves - 1)
+    left, right = random_tree(rng, k), random_tree(rng, leaves - k)
+    op = rng.choice(OPS)
+    if op == "*" and abs(left.value * right.value) > 400:
+        op = rng.choice(("+", "-"))
+    return Node(apply(op, left.value, right.value), op, left, right)
+
+
+def render(node: Node, parent_prec: int = 0, right_side: bool = False) -> str:
+    """Infix text with the parentheses the precedence rules need and no others."""
+    if node.op is None:
+        return str(node.value)
+    prec = PRECEDENCE[node.op]
+    text = f"{render(node.left, prec)} {node.op} {render(node.right, prec, right_side=True)}"
+    # a right operand of equal precedence needs brackets: 5 - (3 - 1), 2 * (3 * 4) kept explicit
+    needs = prec < parent_prec or (right_side and prec == parent_prec)
+    return f"({text})" if needs else text
+
+
+def steps_postorder(node: Node) -> list[Node]:
+    """Internal nodes in canonical order: left subtree, right subtree, then the node."""
+    if node.op is None:
+        return []
+    return steps_postorder(node.left) + steps_postorder(node.right) + [node]
+
+
+def write_solution(steps: list[Node]) -> str:
+    lines = [f"{s.left.value} {s.op} {s.right.value} = {s.value}" for s in steps]
+    lines.append(f"The answer is \\boxed{{{steps[-1].value}}}.")
+    return "\n".join(lines)
+
+
+def make_problem(rng: random.Random) -> dict[str, str]:
+    tree = random_tree(rng, rng.randint(2, 4))
+    return {
+        "problem": f"Compute {render(tree)}.",
+        "solution": write_solution(steps_postorder(tree)),
+        "answer": str(tree.value),
+    }
+
+
+def generate(seed: int = SEED, splits: dict[str, int] = SPLITS) -> dict[str, list[dict[str, str]]]:
+    """Disjoint splits (no problem text appears twice across or within splits)."""
+    rng, seen, out = random.Random(seed), set(), {}
+    for split, size in splits.items():
+        rows = []
+        while len(rows) < size:
+            row = make_problem(rng)
+            if row["problem"] not in seen:
+                seen.add(row["problem"])
+                rows.append(row)
+        out[split] = rows
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("data/testbed"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for split, rows in generate().items():
+        with open(args.out / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        print(f"{split}: {len(rows)} problems -> {args.out / f'{split}.jsonl'}")
+
+
+if __name__ == "__main__":
+    main()
