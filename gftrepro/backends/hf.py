@@ -35,7 +35,7 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
 def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Zero the tail outside the smallest set whose mass reaches ``top_p`` (keeps the top token)."""
     sorted_p, order = probs.sort(dim=-1, descending=True)
-    outside = sorted_p.cumsum(-1) - sorted_p > top_p
+    outside = sorted_p.cumsum(-1) - sorted_p >= top_p  # mass before this token already suffices
     sorted_p = sorted_p.masked_fill(outside, 0.0)
     return torch.zeros_like(probs).scatter_(-1, order, sorted_p)
 

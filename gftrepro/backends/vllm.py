@@ -28,6 +28,7 @@ class VLLMBackend:
         if not torch.cuda.is_available():
             for key, value in CPU_ENV_DEFAULTS.items():
                 os.environ.setdefault(key, value)
+            dtype = "float32" if dtype == "auto" else dtype  # as the hf backend on CPU
         kwargs = {"max_model_len": max_model_len} if max_model_len > 0 else {}
         try:
             self.llm = vllm.LLM(model=model.path, tokenizer=model.path, tensor_parallel_size=tensor_parallel_size,

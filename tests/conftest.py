@@ -1,0 +1,50 @@
+"""Shared fixtures: an isolated model cache and offline hub settings for every test.
+
+The tiny testbed models are built once per test session into a temporary ``GFT_CACHE``;
+subprocesses started by tests inherit the same environment.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = tmp_path_factory.mktemp("env")
+    os.environ["GFT_CACHE"] = str(root / "gft-cache")
+    os.environ["HF_HOME"] = str(root / "hf-home")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["VLLM_CACHE_ROOT"] = str(root / "vllm-cache")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+@pytest.fixture(scope="session")
+def teacher_path(isolated_env: None) -> Path:
+    from gftrepro.testbed.models import ensure_model
+
+    return ensure_model("teacher")
+
+
+@pytest.fixture(scope="session")
+def student_path(isolated_env: None) -> Path:
+    from gftrepro.testbed.models import ensure_model
+
+    return ensure_model("student")
+
+
+def gft(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess, as a user would."""
+    proc = subprocess.run([sys.executable, "-m", "gftrepro.cli", *args], cwd=cwd or REPO, capture_output=True,
+                          text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"gft {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc

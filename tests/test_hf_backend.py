@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from gftrepro.backends import Request, SamplingParams, cap_new_tokens, finish
+from gftrepro.backends.hf import HFBackend, top_p_filter
+from gftrepro.models import format_prompt, load_tokenizer, resolve_model, stop_token_ids
+from gftrepro.sample import sample_seed
+
+
+@pytest.fixture(scope="module")
+def backend(student_path):
+    model = resolve_model("testbed:student")
+    tok = load_tokenizer(model)
+    return HFBackend(model, tok, batch_size=4), tok, stop_token_ids(tok, model.path, ["<|im_end|>", "<|endoftext|>"])
+
+
+def prompt_ids(tok, question):
+    return tok(format_prompt(tok, question, "", "auto"), add_special_tokens=False)["input_ids"]
+
+
+def params(stops, logprobs=False, temperature=1.0, top_p=1.0, max_new=24):
+    return SamplingParams(temperature, top_p, max_new, stops, logprobs)
+
+
+def test_stop_tokens_are_qwen_style_pair(backend):
+    _, tok, stops = backend
+    assert stops == sorted(tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]))
+
+
+def test_a_sample_does_not_depend_on_its_batch(backend):
+    """Per-sample seeds: the same request alone, or among others, gives the same tokens."""
+    hf, tok, stops = backend
+    target = Request(prompt_ids(tok, "Compute 3 + 4."), seed=sample_seed(0, "a", 0))
+    others = [Request(prompt_ids(tok, f"Compute {i} + 4."), seed=100 + i) for i in range(5, 10)]
+    alone = hf.generate([target], params(stops), lambda *_: None)[0]
+    mixed = hf.generate(others[:2] + [target] + others[2:], params(stops), lambda *_: None)[2]
+    assert alone.token_ids == mixed.token_ids and alone.text == mixed.text
+    other_seed = hf.generate([Request(target.prompt_ids, seed=target.seed + 1)], params(stops), lambda *_: None)[0]
+    assert other_seed.token_ids != alone.token_ids
+
+
+def test_logprobs_equal_a_teacher_forced_forward_pass(backend):
+    hf, tok, stops = backend
+    req = Request(prompt_ids(tok, "Compute 12 * 3."), seed=7)
+    s = hf.generate([req], params(stops, logprobs=True, temperature=0.8, top_p=0.9), lambda *_: None)[0]
+    assert len(s.logprobs) == len(s.token_ids) > 0
+    ids = torch.tensor([req.prompt_ids + s.token_ids])
+    with torch.no_grad():
+        logits = hf.model(ids).logits[0, len(req.prompt_ids) - 1 : -1].float()
+    ref = torch.log_softmax(logits, -1).gather(1, torch.tensor(s.token_ids)[:, None]).squeeze(1)
+    torch.testing.assert_close(torch.tensor(s.logprobs), ref, atol=1e-4, rtol=0)
+
+
+def test_greedy_is_argmax_and_progress_counts_everything(backend):
+    hf, tok, stops = backend
+    reqs = [Request(prompt_ids(tok, "Compute 1 + 1."), seed=s) for s in range(6)]
+    seen = []
+    out = hf.generate(reqs, params(stops, temperature=0.0), lambda n, t: seen.append((n, t)))
+    assert len({tuple(s.token_ids) for s in out}) == 1  # seeds do not matter at temperature 0
+    assert sum(n for n, _ in seen) == 6 and sum(t for _, t in seen) == sum(len(s.token_ids) for s in out)
+    for s in out:
+        assert s.finish_reason in ("stop", "length")
+        assert (s.finish_reason == "stop") == (s.token_ids[-1] in stops)
+        assert "<|im_end|>" not in s.text
+
+
+def test_finish_cuts_after_the_first_stop_token():
+    assert finish([5, 6, 9, 7, 9], {9}, 10) == ([5, 6, 9], "stop")
+    assert finish([5, 6, 7], {9}, 3) == ([5, 6, 7], "length")
+
+
+def test_new_tokens_are_capped_by_the_context():
+    assert cap_new_tokens(prompt_len=1000, max_new_tokens=4096, context_length=4096) == 3096
+    assert cap_new_tokens(prompt_len=5000, max_new_tokens=10, context_length=4096) == 0
+
+
+def test_top_p_keeps_the_smallest_set_reaching_the_mass():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    torch.testing.assert_close(top_p_filter(probs, 0.7), torch.tensor([[0.5, 0.3, 0.0, 0.0]]))
+    torch.testing.assert_close(top_p_filter(probs, 0.5), torch.tensor([[0.5, 0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(top_p_filter(probs, 1.0), probs)
