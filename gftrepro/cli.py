@@ -15,7 +15,7 @@ import sys
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -85,7 +85,7 @@ def flag_parameters(config_cls: type, defaults: dict[str, Any]) -> list[inspect.
         else:
             option = typer.Option(None, f"--{flag}", help=text, show_default=False)
             tp = str if is_list else tp
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[tp]))
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=tp | None))
     return params
 
 
@@ -99,7 +99,7 @@ def stage_command(name: str, config_cls: type, body: Callable[[Any, Path], Any],
         guarded(lambda: body(cfg.load(config_cls, path, overrides, defaults), run_dir))
 
     common = [
-        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
                           default=typer.Option(None, "--config", "-c", help="YAML config file for this stage")),
         inspect.Parameter("run", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
                           default=typer.Option(DEFAULT_RUN, "--run", help="run folder")),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +86,8 @@ class SampleConfig:
             (self.limit >= 0, f"limit must be >= 0, got {self.limit}"),
             (self.shard_size >= 1, f"shard_size must be at least 1, got {self.shard_size}"),
             (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
-            (self.prompt_template in ("auto", "chat", "plain"), f"prompt_template must be auto, chat or plain, got '{self.prompt_template}'"),
+            (self.prompt_template in ("auto", "chat", "plain"),
+             f"prompt_template must be auto, chat or plain, got '{self.prompt_template}'"),
             (self.num_shards >= 1 and 0 <= self.shard_index < self.num_shards,
              f"shard_index must be in [0, num_shards), got {self.shard_index} of {self.num_shards}"),
         ]
@@ -100,6 +102,11 @@ SELF_DEFAULTS = {"model": "testbed:student", "n": 4}
 def sample_seed(base: int, prompt_id: str, sample_idx: int) -> int:
     digest = hashlib.sha256(f"{base}:{prompt_id}:{sample_idx}".encode()).digest()
     return int.from_bytes(digest[:4], "little")  # < 2**32: valid for torch and vLLM
+
+
+def shard_range(k: int, shard_size: int, num_problems: int) -> range:
+    """Problem indices of shard ``k``: shards are consecutive blocks of ``shard_size`` problems."""
+    return range(k * shard_size, min((k + 1) * shard_size, num_problems))
 
 
 def make_backend(config: SampleConfig, model: ModelRef, tokenizer) -> Backend:
@@ -209,10 +216,9 @@ def sample_shards(config: SampleConfig, problems: Problems, model: ModelRef, vdi
     prompts = [format_prompt(tokenizer, q, config.system_prompt, config.prompt_template) for q in questions]
     stops = stop_token_ids(tokenizer, model.path, config.stop_tokens)
     params = SamplingParams(config.temperature, config.top_p, config.max_new_tokens, stops, config.logprobs)
-    backend = make_backend(config, model, tokenizer)
-    total = sum(len(range(k * config.shard_size, min((k + 1) * config.shard_size, len(problems)))) for k in todo)
+    total = sum(len(shard_range(k, config.shard_size, len(problems))) for k in todo)
     started, done_tokens = time.perf_counter(), 0
-    with progress_bar(console) as bar:
+    with closing(make_backend(config, model, tokenizer)) as backend, progress_bar(console) as bar:
         task = bar.add_task(f"sample-{source}", total=total * config.n, rate="")
 
         def advance(samples: int, tokens: int) -> None:
@@ -223,8 +229,8 @@ def sample_shards(config: SampleConfig, problems: Problems, model: ModelRef, vdi
             bar.update(task, advance=samples, rate=f"{done / elapsed:.1f} samples/s {done_tokens / elapsed:.0f} tok/s")
 
         for k in todo:
-            shard = range(k * config.shard_size, min((k + 1) * config.shard_size, len(problems)))
-            requests, cols = shard_rows(problems, prompts, shard, config, source, tokenizer)
+            requests, cols = shard_rows(problems, prompts, shard_range(k, config.shard_size, len(problems)), config,
+                                        source, tokenizer)
             t0 = time.perf_counter()
             samples = backend.generate(requests, params, advance)
             cols["completion"] = [s.text for s in samples]

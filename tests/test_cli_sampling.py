@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import REPO, gft
 
 SMALL = ["--limit", "12", "--shard-size", "4", "--max-new-tokens", "16"]

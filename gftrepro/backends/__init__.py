@@ -48,6 +48,8 @@ class Backend(Protocol):
 
     def generate(self, requests: list[Request], params: SamplingParams, progress: Progress) -> list[Sample]: ...
 
+    def close(self) -> None: ...
+
 
 def check_backend(name: str) -> None:
     if name not in BACKENDS:

@@ -116,3 +116,7 @@ class HFBackend:
             lp = step_lp[row][: len(kept)] if step_lp is not None else None
             samples.append(Sample(kept, decode(self.tokenizer, kept, stop), reason, lp))
         return samples
+
+    def close(self) -> None:
+        """Release the model (the protocol's hook for engines that hold processes)."""
+        del self.model

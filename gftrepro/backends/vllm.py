@@ -65,3 +65,9 @@ class VLLMBackend:
             samples.append(Sample(kept, decode(self.tokenizer, kept, stop), reason, lp))
         progress(len(samples), sum(len(s.token_ids) for s in samples))
         return samples
+
+    def close(self) -> None:
+        """Stop the engine's worker processes now, not at interpreter exit."""
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        if core is not None:
+            core.shutdown()
