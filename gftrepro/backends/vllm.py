@@ -20,6 +20,7 @@ CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU
 class VLLMBackend:
     def __init__(self, model: ModelRef, tokenizer, *, tensor_parallel_size: int, gpu_memory_utilization: float,
                  max_model_len: int, dtype: str, enforce_eager: bool, seed: int):
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines would bury the progress bar
         try:
             import torch
             import vllm

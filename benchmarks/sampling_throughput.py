@@ -1,0 +1,79 @@
+"""Generated tokens/s of the sampling backends on the embedded tiny teacher model.
+
+    python benchmarks/sampling_throughput.py [--prompts 64] [--max-new-tokens 128] [--no-vllm]
+
+Measures, on the same requests (one sample per prompt, temperature 1, per-sample seeds):
+hf batched (batch 64) vs hf one prompt at a time, and vllm vs hf batched. vLLM gets one
+warm-up call first (its first call compiles/allocates); start-up time is reported apart.
+Ratios are what to compare: absolute figures move with the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+from gftrepro.backends import Request, SamplingParams
+from gftrepro.models import format_prompt, load_tokenizer, resolve_model, stop_token_ids
+from gftrepro.problems import load_problems
+from gftrepro.sample import sample_seed
+
+
+def measure(backend, requests, params) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    out = backend.generate(requests, params, lambda *_: None)
+    return time.perf_counter() - t0, sum(len(s.token_ids) for s in out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--no-vllm", action="store_true")
+    args = ap.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    model = resolve_model("testbed:teacher")
+    tok = load_tokenizer(model)
+    problems = load_problems("testbed", "test", "problem", "solution", "answer", args.prompts)
+    questions = problems.table.column("question").to_pylist()
+    pids = problems.table.column("prompt_id").to_pylist()
+    requests = [Request(tok(format_prompt(tok, q, "", "auto"), add_special_tokens=False)["input_ids"],
+                        sample_seed(0, pid, 0)) for q, pid in zip(questions, pids, strict=True)]
+    params = SamplingParams(1.0, 1.0, args.max_new_tokens, stop_token_ids(tok, model.path, ["<|im_end|>"]), False)
+
+    from gftrepro.backends.hf import HFBackend
+
+    results = {}
+    for name, batch in (("hf batched (64)", 64), ("hf one at a time", 1)):
+        seconds, tokens = measure(HFBackend(model, tok, batch_size=batch), requests, params)
+        results[name] = (seconds, tokens)
+    if not args.no_vllm:
+        from gftrepro.backends.vllm import VLLMBackend
+
+        t0 = time.perf_counter()
+        engine = VLLMBackend(model, tok, tensor_parallel_size=1, gpu_memory_utilization=0.9, max_model_len=0,
+                             dtype="auto", enforce_eager=True, seed=0)
+        startup = time.perf_counter() - t0
+        measure(engine, requests[:8], params)  # warm-up
+        results["vllm (enforce_eager)"] = measure(engine, requests, params)
+        engine.close()
+        print(f"vllm start-up: {startup:.1f}s")
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.prompts} prompts x 1 sample, "
+          f"max_new_tokens {args.max_new_tokens}, tiny teacher")
+    print(f"{'backend':<24}{'seconds':>10}{'tokens':>10}{'tok/s':>10}")
+    for name, (seconds, tokens) in results.items():
+        print(f"{name:<24}{seconds:>10.2f}{tokens:>10}{tokens / seconds:>10.0f}")
+    rate = {k: t / s for k, (s, t) in results.items()}
+    print(f"ratio hf batched / one at a time: {rate['hf batched (64)'] / rate['hf one at a time']:.1f}x")
+    if "vllm (enforce_eager)" in rate:
+        print(f"ratio vllm / hf batched: {rate['vllm (enforce_eager)'] / rate['hf batched (64)']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
