@@ -118,13 +118,22 @@ def sample_stage(source: str) -> Callable[[Any, Path], Any]:
     return body
 
 
+def verify_stage(config: Any, run_dir: Path) -> Any:
+    from gftrepro import verify_stage as stage
+
+    return stage.run(config, run_dir)
+
+
 def register() -> None:
     from gftrepro.sample import SELF_DEFAULTS, SampleConfig
+    from gftrepro.verify_stage import VerifyConfig
 
     stage_command("sample-teacher", SampleConfig, sample_stage("teacher"),
                   "Sample teacher completions: n per problem from a stronger model.")
     stage_command("sample-self", SampleConfig, sample_stage("self"),
                   "Sample self completions: n per problem from the student (base or checkpoint).", SELF_DEFAULTS)
+    stage_command("verify", VerifyConfig, verify_stage,
+                  "Verify: a binary reward per completion and expert solution (math-verify, hard deadline).")
 
 
 register()

@@ -15,6 +15,10 @@ verifier, the group builder and the trainer join on.
 - ``finish_reason`` ``stop`` (a stop token ended it) or ``length`` (hit the token cap)
 - ``model``       the model reference as configured (hub id, path or ``testbed:<name>``)
 - ``seed``        the per-sample seed: derived from (stage seed, prompt_id, sample_idx)
+- ``reward``      1.0 if the final answer is right, else 0.0 (binary, rule-based)
+- ``status``      ``correct``, ``wrong``, ``no_answer``, ``timeout`` or ``error``
+- ``extracted``   the final answer found in the text (null if none)
+- ``gold``        the gold answer it was compared with
 - ``logprobs``    per-token log-probs of the completion tokens under the sampling model
                   (raw distribution: temperature 1, no top-p), only with ``--logprobs``
 """
@@ -45,6 +49,16 @@ COMPLETIONS = pa.schema([
     ("model", pa.string()),
     ("seed", pa.int64()),
     ("logprobs", pa.list_(pa.float32())),
+])
+
+REWARDS = pa.schema([
+    ("prompt_id", pa.string()),
+    ("sample_idx", pa.int32()),
+    ("source", pa.string()),
+    ("reward", pa.float32()),
+    ("status", pa.string()),
+    ("extracted", pa.string()),
+    ("gold", pa.string()),
 ])
 
 

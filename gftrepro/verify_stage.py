@@ -1,0 +1,265 @@
+"""Stage ``verify``: a reward for every completion (and every expert solution) of a run.
+
+Reads: the latest complete ``sample-teacher`` and ``sample-self`` versions of the run (or the
+versions named with ``--teacher-version`` / ``--self-version``), their ``problems.parquet``
+(gold answers, expert solutions) and completion shards.
+Writes: ``<run>/verify/<version>/`` with one reward shard per input shard (expert solutions first,
+then teacher, then self): ``prompt_id``, ``sample_idx``, ``source``, ``reward``, ``status``,
+``extracted``, ``gold``; ``manifest.json`` last.
+
+    gft verify
+    gft verify --workers 16 --timeout 5
+
+Where this departs from the authors' code:
+
+1. Their reward is Qwen2.5-Math's ``extract_answer`` + ``math_equal``; here it is our
+   extraction plus Hugging Face's math-verify (``gftrepro/verify.py``), run in killable worker
+   processes under a wall-clock deadline per answer (status ``timeout`` instead of a hang).
+2. Verdicts are cached by (extracted answer, gold) for the whole stage: a group's samples often
+   repeat an answer, and the cache makes repeats nearly free.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from gftrepro import config as cfg
+from gftrepro import schema, store
+from gftrepro.config import opt
+from gftrepro.errors import GftError
+from gftrepro.pool import TIMED_OUT, DeadlinePool
+from gftrepro.verify import FALLBACKS, STATUSES, Verdict, extract_answer, gold_answer, judge
+
+SAMPLED = ("teacher", "self")
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    sources: list[str] = opt(["expert", "teacher", "self"], "what to score: expert solutions, teacher, self samples")
+    teacher_version: str = opt("", "sample-teacher version to read ('' = the latest complete one)")
+    self_version: str = opt("", "sample-self version to read ('' = the latest complete one)")
+    fallbacks: list[str] = opt(list(FALLBACKS), "answer extraction after \\boxed{}: answer_is, last_number")
+    timeout: float = opt(5.0, "wall-clock seconds per answer before its worker is killed (status timeout)")
+    workers: int = opt(2, "verifier worker processes", versioned=False)
+
+    def validate(self) -> None:
+        unknown = [s for s in self.sources if s not in schema.SOURCES]
+        if unknown or not self.sources:
+            raise GftError(f"sources must be a non-empty subset of {', '.join(schema.SOURCES)}, got {self.sources}")
+        bad = [f for f in self.fallbacks if f not in FALLBACKS]
+        if bad:
+            raise GftError(f"unknown fallback {bad[0]!r} (known: {', '.join(FALLBACKS)})")
+        if self.timeout <= 0 or self.workers < 1:
+            raise GftError("timeout must be > 0 and workers >= 1")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One input shard (or the expert solutions) -> one reward shard."""
+
+    source: str
+    path: Path  # a completion shard, or problems.parquet for the expert solutions
+
+
+def input_versions(config: VerifyConfig, run_dir: Path) -> dict[str, store.VersionDir]:
+    """The sampling versions to score: named ones, else the latest complete one per source."""
+    chosen = {}
+    for source in SAMPLED:
+        stage, wanted = f"sample-{source}", getattr(config, f"{source}_version")
+        if wanted:
+            chosen[source] = store.VersionDir(run_dir / stage / wanted, stage, wanted)
+            if not chosen[source].is_complete():
+                raise GftError(f"{stage} version {wanted} is not complete in {run_dir}")
+        elif source in config.sources:
+            chosen[source] = store.latest_complete(run_dir, stage)
+    if not chosen:  # expert solutions only: any complete sampling stage holds the problems
+        for source in SAMPLED:
+            if any(v.is_complete() for v in store.versions(run_dir, f"sample-{source}")):
+                chosen[source] = store.latest_complete(run_dir, f"sample-{source}")
+                break
+    if not chosen:
+        raise GftError(f"no complete sampling stage in {run_dir}: run `gft sample-teacher` or `gft sample-self` first")
+    return chosen
+
+
+def read_columns(path: Path, columns: list[str]) -> pa.Table:
+    """Read ``columns`` of a Parquet file, or raise naming the file and the problem."""
+    try:
+        names = pq.read_schema(path).names
+    except (OSError, pa.ArrowInvalid) as e:
+        raise GftError(f"cannot read {path}: {e}") from None
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise GftError(f"{path} has no column '{missing[0]}' (columns: {', '.join(names)})")
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowInvalid) as e:  # e.g. invalid UTF-8 in a string column
+        raise GftError(f"cannot read {path}: {e}") from None
+
+
+def gold_map(versions: dict[str, store.VersionDir]) -> tuple[dict[str, str | None], pa.Table]:
+    """prompt_id -> gold answer (the answer field, else the solution's last \\boxed{})."""
+    tables = [read_columns(v.path / "problems.parquet", schema.PROBLEMS.names) for v in versions.values()]
+    problems = pa.concat_tables(tables)
+    gold: dict[str, str | None] = {}
+    for pid, solution, answer in zip(*(problems.column(c).to_pylist() for c in ("prompt_id", "solution", "answer")),
+                                     strict=True):
+        if isinstance(answer, str) and answer.strip():
+            gold[pid] = gold_answer(answer)
+        elif isinstance(solution, str) and solution.strip():
+            gold.setdefault(pid, gold_answer(solution))
+        else:
+            gold.setdefault(pid, None)
+    if not any(gold.values()):
+        raise GftError("the problems have no gold answers: neither an answer field nor a solution with \\boxed{} "
+                       "(set --answer-field / --solution-field when sampling)")
+    return gold, problems
+
+
+def plan_units(config: VerifyConfig, versions: dict[str, store.VersionDir]) -> list[Unit]:
+    units = []
+    if "expert" in config.sources:
+        units.append(Unit("expert", next(iter(versions.values())).path / "problems.parquet"))
+    for source in SAMPLED:
+        if source in config.sources and source in versions:
+            units.extend(Unit(source, p) for p in sorted(versions[source].path.glob("shard-*.parquet")))
+    return units
+
+
+def unit_rows(unit: Unit, problems: pa.Table) -> tuple[list[str], list[int], list[object]]:
+    """prompt_ids, sample_idx and texts to score for one unit."""
+    if unit.source == "expert":
+        pids = problems.column("prompt_id").to_pylist()
+        solutions = problems.column("solution").to_pylist()
+        seen, keep = set(), []
+        for i, pid in enumerate(pids):
+            if pid not in seen and isinstance(solutions[i], str):
+                seen.add(pid)
+                keep.append(i)
+        return [pids[i] for i in keep], [0] * len(keep), [solutions[i] for i in keep]
+    t = read_columns(unit.path, ["prompt_id", "sample_idx", "completion"])
+    return t.column("prompt_id").to_pylist(), t.column("sample_idx").to_pylist(), t.column("completion").to_pylist()
+
+
+class Scorer:
+    """Extraction in this process, equivalence in the deadline pool, verdicts cached by answer pair."""
+
+    def __init__(self, config: VerifyConfig, pool: DeadlinePool):
+        self.config, self.pool = config, pool
+        self.cache: dict[tuple[str, str], Verdict] = {}
+        self.judged = 0
+
+    def score_all(self, texts: list[object], golds: list[str | None]) -> list[Verdict]:
+        verdicts: list[Verdict | None] = [None] * len(texts)
+        todo: dict[tuple[str, str], list[int]] = {}
+        for i, (text, gold) in enumerate(zip(texts, golds, strict=True)):
+            if not isinstance(text, str) or gold is None:
+                verdicts[i] = Verdict(False, "error", None)
+                continue
+            pred = extract_answer(text, self.config.fallbacks)
+            if pred is None:
+                verdicts[i] = Verdict(False, "no_answer", None)
+            elif (pred, gold) in self.cache:
+                verdicts[i] = self.cache[(pred, gold)]
+            else:
+                todo.setdefault((pred, gold), []).append(i)
+        for key, ok, result in self.pool.run((k, k) for k in todo):
+            self.judged += 1
+            if result is TIMED_OUT:
+                verdict = Verdict(False, "timeout", key[0])
+            else:
+                verdict = result if ok else Verdict(False, "error", key[0])
+            self.cache[key] = verdict
+            for i in todo[key]:
+                verdicts[i] = verdict
+        return verdicts  # type: ignore[return-value]
+
+
+def summarize(vdir: store.VersionDir, seconds: float) -> dict:
+    counts: dict[str, dict[str, int]] = {}
+    for path in sorted(vdir.path.glob("shard-*.parquet")):
+        t = pq.read_table(path, columns=["source", "status"])
+        for source, status in zip(t.column("source").to_pylist(), t.column("status").to_pylist(), strict=True):
+            row = counts.setdefault(source, dict.fromkeys(STATUSES, 0))
+            row[status] += 1
+    return {"by_source": counts, "verify_seconds": seconds}
+
+
+def summary_table(manifest: dict) -> Table:
+    s = manifest["summary"]
+    table = Table(title=f"verify {manifest['version']}")
+    for col in ("source", "count", "accuracy", "no answer", "timeouts", "errors", "answers/s"):
+        table.add_column(col, justify="right")
+    total = sum(sum(c.values()) for c in s["by_source"].values())
+    rate = total / max(s["verify_seconds"], 1e-9)
+    for source in schema.SOURCES:
+        c = s["by_source"].get(source)
+        if not c:
+            continue
+        n = max(sum(c.values()), 1)
+        table.add_row(source, str(sum(c.values())), f"{c['correct'] / n:.1%}", f"{c['no_answer'] / n:.1%}",
+                      str(c["timeout"]), str(c["error"]), f"{rate:.0f}")
+    return table
+
+
+def run(config: VerifyConfig, run_dir: Path, console: Console | None = None) -> dict:
+    console = console or Console()
+    versions = input_versions(config, run_dir)
+    inputs = {f"sample-{s}": v.version for s, v in versions.items()}
+    vdir = store.open_version(run_dir, "verify", cfg.versioned_dict(config), inputs, cfg.to_dict(config))
+    console.rule(f"gft verify -> {vdir.path}")
+    console.print(cfg.to_yaml(config).rstrip(), highlight=False)
+    if vdir.is_complete():
+        console.print(f"[green]complete[/green]: verify {vdir.version} is already done, nothing to do")
+        console.print(summary_table(vdir.read_manifest()))
+        return vdir.read_manifest()
+    vdir.clear_stale_temporaries()
+    gold, problems = gold_map(versions)
+    units = plan_units(config, versions)
+    todo = [k for k in range(len(units)) if k not in vdir.done_shards()]
+    console.print(f"{len(units)} shards to score ({len(units) - len(todo)} already done); inputs: {inputs}")
+    started = time.perf_counter()
+    with DeadlinePool(judge, config.workers, config.timeout, preload=["math_verify", "gftrepro.verify"]) as pool, \
+            Progress(TextColumn("[bold]verify"), BarColumn(), TextColumn("{task.completed}/{task.total} shards"),
+                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                     console=console) as bar:
+        scorer, answered = Scorer(config, pool), 0
+        task = bar.add_task("verify", total=len(todo), rate="")
+        for k in todo:
+            unit = units[k]
+            pids, idx, texts = unit_rows(unit, problems)
+            golds = [gold.get(p) for p in pids]
+            t0 = time.perf_counter()
+            verdicts = scorer.score_all(texts, golds)
+            answered += len(verdicts)
+            cols = {"prompt_id": pids, "sample_idx": idx, "source": [unit.source] * len(pids),
+                    "reward": [1.0 if v.correct else 0.0 for v in verdicts], "status": [v.status for v in verdicts],
+                    "extracted": [v.extracted for v in verdicts], "gold": golds}
+            store.write_table(vdir.shard_path(k, len(units)), schema.table(cols, schema.REWARDS),
+                              {"verify_seconds": time.perf_counter() - t0, "input": str(unit.path)})
+            rate = answered / max(time.perf_counter() - started, 1e-9)
+            bar.update(task, advance=1, rate=f"{rate:.0f} answers/s, cache {len(scorer.cache)}")
+    seconds = sum(store.shard_metadata(p).get("verify_seconds", 0.0) for p in vdir.path.glob("shard-*.parquet"))
+    manifest = store.finalize(vdir, len(units), {"summary": summarize(vdir, seconds)})
+    assert manifest is not None  # this process wrote every shard
+    if units[0].source == "expert":
+        report_expert_failures(vdir.shard_path(0, len(units)), console)
+    console.print(summary_table(manifest))
+    return manifest
+
+
+def report_expert_failures(expert_shard: Path, console: Console) -> None:
+    """Expert solutions should all score correct; any that do not point at data or extraction bugs."""
+    bad = [r for r in pq.read_table(expert_shard).to_pylist() if r["status"] != "correct"]
+    if bad:
+        console.print(f"[yellow]warning[/yellow]: {len(bad)} expert solutions did not verify (data or extraction "
+                      f"problem); first: prompt_id {bad[0]['prompt_id']} status {bad[0]['status']} "
+                      f"extracted {bad[0]['extracted']!r} gold {bad[0]['gold']!r}")
