@@ -124,7 +124,14 @@ def verify_stage(config: Any, run_dir: Path) -> Any:
     return stage.run(config, run_dir)
 
 
+def build_groups_stage(config: Any, run_dir: Path) -> Any:
+    from gftrepro import build_groups as stage
+
+    return stage.run(config, run_dir)
+
+
 def register() -> None:
+    from gftrepro.build_groups import BuildGroupsConfig
     from gftrepro.sample import SELF_DEFAULTS, SampleConfig
     from gftrepro.verify_stage import VerifyConfig
 
@@ -134,6 +141,8 @@ def register() -> None:
                   "Sample self completions: n per problem from the student (base or checkpoint).", SELF_DEFAULTS)
     stage_command("verify", VerifyConfig, verify_stage,
                   "Verify: a binary reward per completion and expert solution (math-verify, hard deadline).")
+    stage_command("build-groups", BuildGroupsConfig, build_groups_stage,
+                  "Build groups of K = expert + teacher + self responses with group advantages (GAL).")
 
 
 register()

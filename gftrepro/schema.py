@@ -19,6 +19,9 @@ verifier, the group builder and the trainer join on.
 - ``status``      ``correct``, ``wrong``, ``no_answer``, ``timeout`` or ``error``
 - ``extracted``   the final answer found in the text (null if none)
 - ``gold``        the gold answer it was compared with
+- ``group_id``    index of a response group (K consecutive rows); in single-trajectory sets,
+                  every row is its own group
+- ``advantage``   the group-normalised advantage A_k of a response (1.0 in single-trajectory sets)
 - ``logprobs``    per-token log-probs of the completion tokens under the sampling model
                   (raw distribution: temperature 1, no top-p), only with ``--logprobs``
 """
@@ -59,6 +62,19 @@ REWARDS = pa.schema([
     ("status", pa.string()),
     ("extracted", pa.string()),
     ("gold", pa.string()),
+])
+
+GROUPS = pa.schema([
+    ("group_id", pa.int64()),
+    ("prompt_id", pa.string()),
+    ("question", pa.string()),
+    ("prompt", pa.string()),
+    ("completion", pa.string()),
+    ("source", pa.string()),
+    ("sample_idx", pa.int32()),
+    ("reward", pa.float32()),
+    ("advantage", pa.float32()),
+    ("logprobs", pa.list_(pa.float32())),
 ])
 
 

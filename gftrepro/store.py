@@ -34,7 +34,8 @@ import gftrepro
 from gftrepro.config import content_hash
 from gftrepro.errors import GftError
 
-STAGES = ("sample-teacher", "sample-self", "verify")  # pipeline order; each later stage adds itself here
+# pipeline order; each stage adds itself here when it exists
+STAGES = ("sample-teacher", "sample-self", "verify", "build-groups")
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
 SHARD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})\.parquet$")

@@ -1,0 +1,362 @@
+"""Stage ``build-groups``: hybrid response groups with group-normalised advantages (GAL).
+
+Reads: the latest complete ``verify`` version (or ``--verify-version``), and through its manifest
+the sampling versions it scored (completions, ``problems.parquet``, the student's prompt settings).
+Writes: ``<run>/build-groups/<version>/``:
+
+- ``shard-*.parquet``: the groups, ``schema.GROUPS`` rows, K consecutive rows per ``group_id``;
+- ``sft.parquet``: every expert solution (the SFT / DFT training set);
+- ``sft-mix.parquet``: expert solutions plus every teacher completion that verified correct;
+- ``manifest.json`` last, with the counts of the closing table.
+
+    gft build-groups                                   # K = 8: 1 expert, 3 teacher, 4 self
+    gft build-groups --expert 2 --teacher 0 --self 6   # the paper's 2:6 ratio
+    gft build-groups --std population --eps 1e-4       # TRL's conventions
+
+For each prompt: A_k = (R_k - mean(R)) / (std(R) + eps) over its K responses (DESIGN.md section 2).
+
+Where this departs from the paper / the authors' code:
+
+1. Responses are chosen before training from samples drawn once (the authors draw the 4 self
+   rollouts on-policy at every step; see ``gftrepro/sample.py``).
+2. With fewer expert solutions than ``--expert`` slots (datasets have one), slots are filled in
+   the order of ``expert_fill``: ``teacher`` = teacher completions that verified correct (extra
+   demonstrations, kept with source ``teacher``), ``repeat`` = the expert solution again. Each
+   fill is counted; with ``expert_fill: []`` such prompts are dropped.
+3. Groups whose rewards are all equal carry no signal (every A = 0): they are counted by kind and
+   left out of the shards unless ``--keep-zero-variance``.
+4. Completions whose verify status is ``error`` or ``timeout`` are not candidates (counted):
+   their reward is unknown, not zero.
+5. Expert and teacher responses (and self samples that stopped) get the student tokenizer's EOS
+   appended as text, exactly as the trainer will tokenize them, so the model learns to stop.
+   Self samples cut at the length cap get none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.table import Table
+
+from gftrepro import config as cfg
+from gftrepro import schema, store
+from gftrepro.config import opt
+from gftrepro.errors import GftError
+from gftrepro.models import format_prompt, load_tokenizer, resolve_model
+
+STD_MODES = ("unbiased", "population", "none")
+FILLS = ("teacher", "repeat")
+UNUSABLE = ("error", "timeout")
+
+
+@dataclass(frozen=True)
+class BuildGroupsConfig:
+    n_expert: int = opt(1, "expert (dataset) solutions per group", flag="expert")
+    n_teacher: int = opt(3, "teacher completions per group", flag="teacher")
+    n_self: int = opt(4, "self completions per group", flag="self")
+    std: str = opt("unbiased", "advantage scale: unbiased (authors' code), population (TRL), none (mean-centring)")
+    eps: float = opt(1e-6, "added to the std (authors' code 1e-6; TRL 1e-4)")
+    keep_zero_variance: bool = opt(False, "keep groups whose rewards are all equal (every advantage 0)")
+    expert_fill: list[str] = opt(["teacher", "repeat"], "how to fill missing expert slots, in order: teacher, repeat")
+    seed: int = opt(0, "seed of the choice among surplus candidates")
+    verify_version: str = opt("", "verify version to read ('' = the latest complete one)")
+    model: str = opt("", "student whose chat template and EOS the rows use ('' = sample-self's model)")
+    groups_per_shard: int = opt(1024, "groups per output shard")
+
+    @property
+    def k(self) -> int:
+        return self.n_expert + self.n_teacher + self.n_self
+
+    def validate(self) -> None:
+        if min(self.n_expert, self.n_teacher, self.n_self) < 0:
+            raise GftError("--expert, --teacher and --self must be >= 0")
+        if self.k == 0:
+            raise GftError("the group ratio sums to 0: ask for at least one expert, teacher or self response")
+        if self.k < 2:
+            raise GftError(f"a group needs K >= 2 responses for a group advantage, got K = {self.k}")
+        if self.std not in STD_MODES:
+            raise GftError(f"std must be one of {', '.join(STD_MODES)}, got '{self.std}'")
+        if not math.isfinite(self.eps) or self.eps < 0:
+            raise GftError(f"eps must be a finite number >= 0, got {self.eps}")
+        bad = [f for f in self.expert_fill if f not in FILLS]
+        if bad:
+            raise GftError(f"unknown expert_fill '{bad[0]}' (known: {', '.join(FILLS)})")
+        if self.groups_per_shard < 1:
+            raise GftError("groups_per_shard must be at least 1")
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def group_advantages(rewards: np.ndarray, std: str = "unbiased", eps: float = 1e-6) -> np.ndarray:
+    """A_k = (R_k - mean R) / (std R + eps) for one group; all-equal rewards (or K = 1) give zeros.
+
+    ``std``: ``unbiased`` (Bessel, n - 1: the authors' code), ``population`` (n: TRL), ``none``
+    (mean-centring only).
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    if r.size < 2 or np.all(r == r[0]):
+        return np.zeros_like(r)
+    centred = r - r.mean()
+    if std == "none":
+        return centred
+    return centred / (r.std(ddof=1 if std == "unbiased" else 0) + eps)
+
+
+def choose(candidates: list[dict], count: int, seed: int, prompt_id: str, source: str) -> list[dict]:
+    """``count`` of ``candidates`` (sorted by sample_idx), a seeded choice when there are more."""
+    ordered = sorted(candidates, key=lambda c: c["sample_idx"])
+    if len(ordered) <= count:
+        return ordered
+    digest = hashlib.sha256(f"{seed}:{prompt_id}:{source}".encode()).digest()
+    picked = random.Random(int.from_bytes(digest[:8], "little")).sample(range(len(ordered)), count)
+    return [ordered[i] for i in sorted(picked)]
+
+
+@dataclass
+class Pools:
+    """Usable candidates of one prompt, by source (rows: sample_idx, completion, reward, ...)."""
+
+    expert: list[dict]
+    teacher: list[dict]
+    self: list[dict]
+
+
+def compose(pools: Pools, config: BuildGroupsConfig, prompt_id: str) -> tuple[list[dict] | None, str, Counter]:
+    """The K responses of one group, or None with the reason it cannot be filled; plus fill counts."""
+    fills: Counter = Counter()
+    teacher = choose(pools.teacher, config.n_teacher, config.seed, prompt_id, "teacher")
+    if len(teacher) < config.n_teacher:
+        return None, "too few teacher completions", fills
+    selfs = choose(pools.self, config.n_self, config.seed, prompt_id, "self")
+    if len(selfs) < config.n_self:
+        return None, "too few self completions", fills
+    experts = choose(pools.expert, config.n_expert, config.seed, prompt_id, "expert")
+    missing = config.n_expert - len(experts)
+    for how in config.expert_fill:
+        if missing <= 0:
+            break
+        if how == "teacher":
+            taken = {c["sample_idx"] for c in teacher}
+            spare = [c for c in pools.teacher if c["reward"] == 1.0 and c["sample_idx"] not in taken]
+            extra = choose(spare, missing, config.seed, prompt_id, "teacher-fill")
+        else:  # repeat
+            extra = [experts[i % len(experts)] for i in range(missing)] if experts else []
+        experts, missing = experts + extra, missing - len(extra)
+        fills[how] += len(extra)
+    if missing > 0:
+        return None, "too few expert solutions", Counter()
+    return experts + teacher + selfs, "", fills
+
+
+# ---------------------------------------------------------------- I/O
+
+
+def read_inputs(config: BuildGroupsConfig, run_dir: Path) -> tuple[store.VersionDir, dict[str, store.VersionDir]]:
+    if config.verify_version:
+        verify = store.VersionDir(run_dir / "verify" / config.verify_version, "verify", config.verify_version)
+        if not verify.is_complete():
+            raise GftError(f"verify version {config.verify_version} is not complete in {run_dir}")
+    else:
+        verify = store.latest_complete(run_dir, "verify")
+    sampled = {}
+    for stage, version in verify.read_manifest()["inputs"].items():
+        sampled[stage.removeprefix("sample-")] = store.VersionDir(run_dir / stage / version, stage, version)
+    return verify, sampled
+
+
+def load_rewards(verify: store.VersionDir) -> list[dict]:
+    rows = []
+    for path in sorted(verify.path.glob("shard-*.parquet")):
+        rows.extend(pq.read_table(path).to_pylist())
+    for r in rows:
+        if r["reward"] is None or not math.isfinite(r["reward"]) or not 0.0 <= r["reward"] <= 1.0:
+            raise GftError(f"reward {r['reward']} of {r['source']} sample {r['sample_idx']} of prompt {r['prompt_id']} "
+                           f"in {verify.path} is not a number in [0, 1]")
+    return rows
+
+
+def load_completions(sampled: dict[str, store.VersionDir]) -> dict[tuple[str, str, int], dict]:
+    out = {}
+    for source, vdir in sampled.items():
+        for path in sorted(vdir.path.glob("shard-*.parquet")):
+            cols = ["prompt_id", "sample_idx", "completion", "finish_reason", "logprobs"]
+            for row in pq.read_table(path, columns=cols).to_pylist():
+                out[(source, row["prompt_id"], row["sample_idx"])] = row
+    return out
+
+
+def student_settings(config: BuildGroupsConfig, sampled: dict[str, store.VersionDir]) -> tuple[str, str, str]:
+    """(model ref, system prompt, prompt template) the training rows are formatted with."""
+    source = sampled.get("self") or next(iter(sampled.values()))
+    sample_cfg = source.read_manifest()["config"]
+    model = config.model or (sampled["self"].read_manifest()["config"]["model"] if "self" in sampled else "")
+    if not model:
+        raise GftError("no sample-self stage to take the student from: pass --model (the model you will train)")
+    return model, sample_cfg["system_prompt"], sample_cfg["prompt_template"]
+
+
+def candidate_pools(rewards: list[dict], completions: dict, problems: dict[str, dict], eos: str,
+                    excluded: Counter) -> dict[str, Pools]:
+    pools: dict[str, Pools] = {}
+    for r in rewards:
+        if r["status"] in UNUSABLE:
+            excluded[f"{r['source']} {r['status']}"] += 1
+            continue
+        pid, source = r["prompt_id"], r["source"]
+        if source == "expert":
+            text, logprobs = problems[pid]["solution"] + eos, None
+        else:
+            c = completions.get((source, pid, r["sample_idx"]))
+            if c is None:
+                raise GftError(f"reward for {source} sample {r['sample_idx']} of prompt {pid} matches no completion "
+                               "(were the sampling folders changed after verify?)")
+            stopped = source == "teacher" or c["finish_reason"] == "stop"
+            text, logprobs = c["completion"] + (eos if stopped else ""), c["logprobs"]
+        pool = pools.setdefault(pid, Pools([], [], []))
+        getattr(pool, source).append({"sample_idx": r["sample_idx"], "completion": text, "reward": r["reward"],
+                                      "logprobs": logprobs, "source": source})
+    return pools
+
+
+def run(config: BuildGroupsConfig, run_dir: Path, console: Console | None = None) -> dict:
+    console = console or Console()
+    verify, sampled = read_inputs(config, run_dir)
+    model_ref, system_prompt, template = student_settings(config, sampled)
+    model = resolve_model(model_ref)
+    inputs = {"verify": verify.version, "student": {"ref": model.ref, "fingerprint": model.fingerprint}}
+    vdir = store.open_version(run_dir, "build-groups", cfg.versioned_dict(config), inputs, cfg.to_dict(config))
+    console.rule(f"gft build-groups -> {vdir.path}")
+    console.print(cfg.to_yaml(config).rstrip(), highlight=False)
+    if vdir.is_complete():
+        console.print(f"[green]complete[/green]: build-groups {vdir.version} is already done, nothing to do")
+        console.print(summary_table(vdir.read_manifest()))
+        return vdir.read_manifest()
+    vdir.clear_stale_temporaries()
+    tokenizer = load_tokenizer(model)
+    problems: dict[str, dict] = {}
+    for v in sampled.values():
+        for row in pq.read_table(v.path / "problems.parquet").to_pylist():
+            problems.setdefault(row["prompt_id"], row)
+    prompts = {pid: format_prompt(tokenizer, p["question"], system_prompt, template) for pid, p in problems.items()}
+    excluded: Counter = Counter()
+    pools = candidate_pools(load_rewards(verify), load_completions(sampled), problems, tokenizer.eos_token, excluded)
+    groups, counts = build_all(config, pools)
+    counts["excluded"] = dict(excluded)
+    counts["prompts_in"] = len(problems)
+    write_groups(vdir, groups, prompts, problems, config.groups_per_shard)
+    write_single(vdir.path / "sft.parquet", pools, prompts, problems, with_teacher=False)
+    write_single(vdir.path / "sft-mix.parquet", pools, prompts, problems, with_teacher=True)
+    count = max(1, -(-len(groups) // config.groups_per_shard))
+    manifest = store.finalize(vdir, count, {"summary": counts})
+    assert manifest is not None
+    console.print(summary_table(manifest))
+    return manifest
+
+
+def build_all(config: BuildGroupsConfig, pools: dict[str, Pools]) -> tuple[list[tuple[str, list[dict]]], dict]:
+    """Compose, score and filter every prompt's group; return the groups and the counts."""
+    dropped, zero, fills = Counter(), Counter(), Counter()
+    groups: list[tuple[str, list[dict]]] = []
+    for pid in sorted(pools):
+        members, reason, filled = compose(pools[pid], config, pid)
+        if members is None:
+            dropped[reason] += 1
+            continue
+        fills.update(filled)
+        rewards = np.array([m["reward"] for m in members])
+        advantages = group_advantages(rewards, config.std, config.eps)
+        if not np.all(np.isfinite(advantages)):  # unreachable with finite rewards; never write a NaN
+            raise GftError(f"non-finite advantage in the group of prompt {pid}: rewards {rewards.tolist()}")
+        if np.all(rewards == rewards[0]):
+            zero["all correct" if rewards[0] == 1.0 else "all wrong" if rewards[0] == 0.0 else "all equal"] += 1
+            if not config.keep_zero_variance:
+                continue
+        groups.append((pid, [{**m, "advantage": float(a)} for m, a in zip(members, advantages, strict=True)]))
+    return groups, {"groups_out": len(groups), "dropped": dict(dropped), "zero_variance": dict(zero),
+                    "expert_fills": dict(fills), **group_stats(groups)}
+
+
+def group_stats(groups: list[tuple[str, list[dict]]]) -> dict:
+    rows = [m for _, members in groups for m in members]
+    per_source = {}
+    for source in schema.SOURCES:
+        mine = [m for m in rows if m["source"] == source]
+        if mine:
+            per_source[source] = {"rows": len(mine), "mean_reward": float(np.mean([m["reward"] for m in mine])),
+                                  "positive_advantage_share": float(np.mean([m["advantage"] > 0 for m in mine]))}
+    adv = np.array([m["advantage"] for m in rows]) if rows else np.zeros(0)
+    quantiles = np.percentile(adv, [0, 25, 50, 75, 100]).tolist() if adv.size else [0.0] * 5
+    return {"by_source": per_source,
+            "advantage": {"min": quantiles[0], "p25": quantiles[1], "median": quantiles[2], "p75": quantiles[3],
+                          "max": quantiles[4], "positive_share": float((adv > 0).mean()) if adv.size else 0.0,
+                          "zero_share": float((adv == 0).mean()) if adv.size else 0.0}}
+
+
+def rows_table(rows: list[dict]) -> pa.Table:
+    cols = {name: [r[name] for r in rows] for name in schema.GROUPS.names}
+    return schema.table(cols, schema.GROUPS)
+
+
+def training_row(group_id: int, pid: str, member: dict, prompts: dict, problems: dict, advantage: float) -> dict:
+    return {"group_id": group_id, "prompt_id": pid, "question": problems[pid]["question"], "prompt": prompts[pid],
+            "completion": member["completion"], "source": member["source"], "sample_idx": member["sample_idx"],
+            "reward": member["reward"], "advantage": advantage, "logprobs": member["logprobs"]}
+
+
+def write_groups(vdir: store.VersionDir, groups: list[tuple[str, list[dict]]], prompts: dict, problems: dict,
+                 per_shard: int) -> None:
+    """Groups in shards of ``per_shard`` groups (one empty shard if there are none)."""
+    count = max(1, -(-len(groups) // per_shard))
+    done = vdir.done_shards()
+    for k in range(count):
+        if k in done:
+            continue
+        rows = [training_row(k * per_shard + i, pid, m, prompts, problems, m["advantage"])
+                for i, (pid, members) in enumerate(groups[k * per_shard : (k + 1) * per_shard]) for m in members]
+        store.write_table(vdir.shard_path(k, count), rows_table(rows))
+
+
+def write_single(path: Path, pools: dict[str, Pools], prompts: dict, problems: dict, with_teacher: bool) -> None:
+    """Single-trajectory training set: each row its own group, advantage 1 (SFT / DFT ignore it)."""
+    if path.exists():
+        return
+    rows: list[dict] = []
+    for pid in sorted(pools):
+        correct_teacher = [t for t in pools[pid].teacher if t["reward"] == 1.0] if with_teacher else []
+        members = pools[pid].expert[:1] + correct_teacher
+        rows.extend(training_row(len(rows), pid, m, prompts, problems, 1.0) for m in members)
+    store.write_table(path, rows_table(rows))
+
+
+def summary_table(manifest: dict) -> Table:
+    s = manifest["summary"]
+    table = Table(title=f"build-groups {manifest['version']}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("prompts in", str(s["prompts_in"]))
+    table.add_row("groups out (with signal)", str(s["groups_out"]))
+    for reason, n in sorted(s["dropped"].items()):
+        table.add_row(f"dropped: {reason}", str(n))
+    for kind, n in sorted(s["zero_variance"].items()):
+        table.add_row(f"zero-variance groups: {kind}", str(n))
+    for how, n in sorted(s["expert_fills"].items()):
+        table.add_row(f"expert slots filled by {how}", str(n))
+    for what, n in sorted(s["excluded"].items()):
+        table.add_row(f"excluded responses: {what}", str(n))
+    for source, st in s["by_source"].items():
+        table.add_row(f"{source}: rows / mean reward / A > 0",
+                      f"{st['rows']} / {st['mean_reward']:.2f} / {st['positive_advantage_share']:.0%}")
+    a = s["advantage"]
+    table.add_row("advantage min / p25 / median / p75 / max",
+                  f"{a['min']:.2f} / {a['p25']:.2f} / {a['median']:.2f} / {a['p75']:.2f} / {a['max']:.2f}")
+    return table
