@@ -47,11 +47,11 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
-from gftrepro import config as cfg
 from gftrepro import schema, store
 from gftrepro.config import opt
 from gftrepro.errors import GftError
 from gftrepro.models import format_prompt, load_tokenizer, resolve_model
+from gftrepro.stage import already_done, open_stage
 
 STD_MODES = ("unbiased", "population", "none")
 FILLS = ("teacher", "repeat")
@@ -234,13 +234,9 @@ def run(config: BuildGroupsConfig, run_dir: Path, console: Console | None = None
     model_ref, system_prompt, template = student_settings(config, sampled)
     model = resolve_model(model_ref)
     inputs = {"verify": verify.version, "student": {"ref": model.ref, "fingerprint": model.fingerprint}}
-    vdir = store.open_version(run_dir, "build-groups", cfg.versioned_dict(config), inputs, cfg.to_dict(config))
-    console.rule(f"gft build-groups -> {vdir.path}")
-    console.print(cfg.to_yaml(config).rstrip(), highlight=False)
+    vdir = open_stage(run_dir, "build-groups", config, inputs, console)
     if vdir.is_complete():
-        console.print(f"[green]complete[/green]: build-groups {vdir.version} is already done, nothing to do")
-        console.print(summary_table(vdir.read_manifest()))
-        return vdir.read_manifest()
+        return already_done(vdir, console, summary_table)
     vdir.clear_stale_temporaries()
     tokenizer = load_tokenizer(model)
     problems: dict[str, dict] = {}

@@ -34,13 +34,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from gftrepro import config as cfg
 from gftrepro import schema, store
 from gftrepro.backends import Backend, Request, SamplingParams, check_backend
 from gftrepro.config import opt
 from gftrepro.errors import GftError
 from gftrepro.models import QWEN_MATH_COT, ModelRef, format_prompt, load_tokenizer, resolve_model, stop_token_ids
 from gftrepro.problems import Problems, load_problems
+from gftrepro.stage import already_done, open_stage
 
 
 @dataclass(frozen=True)
@@ -177,13 +177,9 @@ def run(config: SampleConfig, run_dir: Path, source: str, console: Console | Non
                              config.answer_field, config.limit)
     model = resolve_model(config.model)
     inputs = {"problems": problems.fingerprint, "model": {"ref": model.ref, "fingerprint": model.fingerprint}}
-    vdir = store.open_version(run_dir, stage, cfg.versioned_dict(config), inputs, cfg.to_dict(config))
-    console.rule(f"gft {stage} -> {vdir.path}")
-    console.print(cfg.to_yaml(config).rstrip(), highlight=False)
+    vdir = open_stage(run_dir, stage, config, inputs, console)
     if vdir.is_complete():
-        console.print(f"[green]complete[/green]: {stage} {vdir.version} is already done, nothing to do")
-        console.print(summary_table(stage, vdir.read_manifest()))
-        return vdir.read_manifest()
+        return already_done(vdir, console, lambda m: summary_table(stage, m))
 
     count = -(-len(problems) // config.shard_size)
     mine = [k for k in range(count) if k % config.num_shards == config.shard_index]

@@ -31,11 +31,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from gftrepro import config as cfg
 from gftrepro import schema, store
 from gftrepro.config import opt
 from gftrepro.errors import GftError
 from gftrepro.pool import TIMED_OUT, DeadlinePool
+from gftrepro.stage import already_done, open_stage
 from gftrepro.verify import FALLBACKS, STATUSES, Verdict, extract_answer, gold_answer, judge
 
 SAMPLED = ("teacher", "self")
@@ -214,13 +214,9 @@ def run(config: VerifyConfig, run_dir: Path, console: Console | None = None) -> 
     console = console or Console()
     versions = input_versions(config, run_dir)
     inputs = {f"sample-{s}": v.version for s, v in versions.items()}
-    vdir = store.open_version(run_dir, "verify", cfg.versioned_dict(config), inputs, cfg.to_dict(config))
-    console.rule(f"gft verify -> {vdir.path}")
-    console.print(cfg.to_yaml(config).rstrip(), highlight=False)
+    vdir = open_stage(run_dir, "verify", config, inputs, console)
     if vdir.is_complete():
-        console.print(f"[green]complete[/green]: verify {vdir.version} is already done, nothing to do")
-        console.print(summary_table(vdir.read_manifest()))
-        return vdir.read_manifest()
+        return already_done(vdir, console, summary_table)
     vdir.clear_stale_temporaries()
     gold, problems = gold_map(versions)
     units = plan_units(config, versions)
