@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 import os
 import sys
 import typing
@@ -45,6 +46,7 @@ def quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    logging.getLogger("accelerate").setLevel(logging.ERROR)  # e.g. its notice on tied weights at save_state
 
 
 def guarded(fn: Callable[[], Any]) -> Any:
@@ -130,9 +132,16 @@ def build_groups_stage(config: Any, run_dir: Path) -> Any:
     return stage.run(config, run_dir)
 
 
+def train_stage(config: Any, run_dir: Path) -> Any:
+    from gftrepro import train as stage
+
+    return stage.run(config, run_dir)
+
+
 def register() -> None:
     from gftrepro.build_groups import BuildGroupsConfig
     from gftrepro.sample import SELF_DEFAULTS, SampleConfig
+    from gftrepro.train import TrainConfig
     from gftrepro.verify_stage import VerifyConfig
 
     stage_command("sample-teacher", SampleConfig, sample_stage("teacher"),
@@ -143,6 +152,8 @@ def register() -> None:
                   "Verify: a binary reward per completion and expert solution (math-verify, hard deadline).")
     stage_command("build-groups", BuildGroupsConfig, build_groups_stage,
                   "Build groups of K = expert + teacher + self responses with group advantages (GAL).")
+    stage_command("train", TrainConfig, train_stage,
+                  "Train the student: gft, its ablations, or the sft / sft-mix / dft baselines.")
 
 
 register()

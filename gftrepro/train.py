@@ -1,0 +1,446 @@
+"""Stage ``train``: GFT and its baselines (SFT, SFT-mix, DFT, GFT w/o DCR, GFT w/o GAL), one engine.
+
+Reads: the latest complete ``build-groups`` version (or ``--build-groups-version``): its group
+shards (gft, gft-no-dcr) or ``sft.parquet`` / ``sft-mix.parquet`` (sft, dft, gft-no-gal, sft-mix),
+and the student model it was built for (or ``--model``).
+Writes: ``<run>/train/<version>/``: ``model/`` (``save_pretrained``: weights + tokenizer, loadable
+by ``gft sample-self`` and ``gft eval``), ``metrics.jsonl`` (one line per step), ``checkpoint/``
+while training (model, optimizer, scheduler, RNG states, step), ``manifest.json`` last.
+
+    gft train --method gft --tau 0.7                      # embedded default, CPU
+    gft train --method sft                                 # also sft-mix, dft, gft-no-dcr, gft-no-gal
+    torchrun --nproc_per_node 8 -m gftrepro.cli train --config stages/train.yaml
+    accelerate launch --num_processes 8 -m gftrepro.cli train --config stages/train.yaml
+
+The loss is ``gftrepro.losses.token_loss``; log-probs come from ``gftrepro.logprobs.Policy``.
+Distribution is accelerate's (DDP, or FSDP through an ``accelerate config``): never home-made.
+
+Where this departs from the authors' code:
+
+1. Offline: the groups were built before training (see ``gftrepro/sample.py``, departure 1).
+2. The token-mean denominator is the token count of the whole optimizer step, summed over every
+   micro-batch and process before the first backward; the authors' verl code divides per
+   micro-batch. Here one batch of 8 equals eight micro-batches of 1 (tested).
+3. A response longer than the room left by its prompt is truncated (``truncation: keep``, the
+   default: its remaining tokens are trained, without EOS) or dropped (``truncation: drop``);
+   either way it is counted. A prompt that leaves no room drops the row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from gftrepro import config as cfg
+from gftrepro import store
+from gftrepro.config import opt
+from gftrepro.errors import GftError
+from gftrepro.logprobs import Policy, token_kl
+from gftrepro.losses import AGGREGATIONS, METHODS, USES_ADVANTAGE, token_loss
+from gftrepro.models import first_line, load_tokenizer, resolve_model
+from gftrepro.stage import already_done, open_stage
+
+DEFAULT_DATA = {"sft": "sft", "sft-mix": "sft-mix", "dft": "sft", "gft": "groups", "gft-no-dcr": "groups",
+                "gft-no-gal": "sft"}
+DATASETS = ("groups", "sft", "sft-mix")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str = opt("gft", "sft, sft-mix, dft, gft, gft-no-dcr or gft-no-gal")
+    data: str = opt("", "training set: groups, sft or sft-mix ('' = the method's own)")
+    build_groups_version: str = opt("", "build-groups version to read ('' = the latest complete one)")
+    model: str = opt("", "model to train ('' = the student build-groups used)")
+    tau: float = opt(0.7, "DCR threshold: coefficient sg(p) where p < tau, else 1 (paper 0.7; authors' code 0.1)")
+    agg: str = opt("token-mean", "loss aggregation: token-mean, seq-mean-token-sum, seq-mean-token-mean")
+    lr: float = opt(1e-4, "peak learning rate (AdamW)")
+    adam_beta1: float = opt(0.9, "AdamW beta1")
+    adam_beta2: float = opt(0.95, "AdamW beta2")
+    weight_decay: float = opt(0.01, "AdamW weight decay")
+    warmup_ratio: float = opt(0.1, "share of steps with linear warmup, then cosine decay to 0")
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
+    epochs: int = opt(1, "passes over the data (ignored when max_steps > 0)")
+    max_steps: int = opt(0, "optimizer steps (0 = epochs x steps per epoch)")
+    batch_size: int = opt(16, "sequences per optimizer step, all processes together")
+    micro_batch_size: int = opt(8, "sequences per forward/backward on one process", versioned=False)
+    max_length: int = opt(512, "prompt + response tokens per sequence")
+    truncation: str = opt("keep", "over-long responses: keep (truncate, no EOS) or drop")
+    seed: int = opt(0, "seed of the data order and of torch")
+    dtype: str = opt("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass", versioned=False)
+    logprob_chunk: int = opt(1024, "tokens per chunk of the LM-head log-softmax", versioned=False)
+    save_every: int = opt(50, "write a resumable checkpoint every N steps (0 = only at the end)", versioned=False)
+    kl_every: int = opt(0, "every N steps, KL(pi_theta || pi_ref) over the step's tokens (0 = off)", versioned=False)
+    ref_model: str = opt("", "reference model for the KL ('' = the starting model)", versioned=False)
+
+    def validate(self) -> None:
+        checks = [
+            (self.method in METHODS, f"unknown method '{self.method}' (known: {', '.join(METHODS)})"),
+            (self.data in ("", *DATASETS), f"unknown data '{self.data}' (known: {', '.join(DATASETS)})"),
+            (0.0 <= self.tau <= 1.0, f"tau must be in [0, 1], got {self.tau}"),
+            (self.agg in AGGREGATIONS, f"unknown agg '{self.agg}' (known: {', '.join(AGGREGATIONS)})"),
+            (self.lr > 0 and self.batch_size >= 1 and self.micro_batch_size >= 1, "lr, batch sizes must be > 0"),
+            (self.max_length >= 2, "max_length must be at least 2"),
+            (self.truncation in ("keep", "drop"), "truncation must be keep or drop"),
+            (self.epochs >= 1 or self.max_steps >= 1, "set epochs >= 1 or max_steps >= 1"),
+            (0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise GftError(message)
+        if self.method in USES_ADVANTAGE and self.dataset == "sft":
+            raise GftError(f"method '{self.method}' needs groups (advantages); data 'sft' has none")
+
+    @property
+    def dataset(self) -> str:
+        return self.data or DEFAULT_DATA[self.method]
+
+
+@dataclass(frozen=True)
+class Example:
+    ids: list[int]  # prompt + response token ids
+    prompt_len: int
+    advantage: float
+    source: str
+    group: int
+
+
+# ---------------------------------------------------------------- data
+
+
+def read_rows(vdir: store.VersionDir, dataset: str) -> list[dict]:
+    paths = sorted(vdir.path.glob("shard-*.parquet")) if dataset == "groups" else [vdir.path / f"{dataset}.parquet"]
+    needed = ["group_id", "prompt", "completion", "source", "advantage"]
+    rows = []
+    for path in paths:
+        names = pq.read_schema(path).names
+        missing = [c for c in needed if c not in names]
+        if missing:
+            raise GftError(f"{path} has no column '{missing[0]}' (columns: {', '.join(names)})")
+        rows.extend(pq.read_table(path, columns=needed).to_pylist())
+    for r in rows:
+        if r["advantage"] is None or not math.isfinite(r["advantage"]):
+            raise GftError(f"advantage {r['advantage']} in group {r['group_id']} of {vdir.path} is not finite")
+    if not rows:
+        raise GftError(f"no rows to train on in {vdir.path} ({dataset}): every group was dropped or had zero variance")
+    return rows
+
+
+def tokenize(rows: list[dict], tokenizer, max_length: int, truncation: str) -> tuple[list[Example], Counter]:
+    """Token ids of prompt + response (the response's EOS, appended by build-groups, kept)."""
+    counts: Counter = Counter()
+    examples = []
+    for r in rows:
+        prompt = tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]
+        response = tokenizer(r["completion"], add_special_tokens=False)["input_ids"]
+        if not response:
+            counts["empty response (dropped)"] += 1
+            continue
+        room = max_length - len(prompt)
+        if room < 1:
+            counts["prompt too long (dropped)"] += 1
+            continue
+        if len(response) > room:
+            if truncation == "drop":
+                counts["response too long (dropped)"] += 1
+                continue
+            counts["response truncated (kept, no EOS)"] += 1
+            response = response[:room]
+        examples.append(Example(prompt + response, len(prompt), float(r["advantage"]), r["source"], r["group_id"]))
+    if not examples:
+        raise GftError(f"no trainable rows left after tokenization: {dict(counts)}")
+    return examples, counts
+
+
+def step_batches(examples: list[Example], batch_size: int, epochs: int, seed: int, world: int) -> list[list[int]]:
+    """Example indices of every optimizer step: groups shuffled per epoch, kept together, then cut."""
+    by_group: dict[int, list[int]] = {}
+    for i, e in enumerate(examples):
+        by_group.setdefault(e.group, []).append(i)
+    steps = []
+    for epoch in range(epochs):
+        groups = sorted(by_group)
+        random.Random(seed * 1_000_003 + epoch).shuffle(groups)
+        order = [i for g in groups for i in by_group[g]]
+        steps.extend(order[k : k + batch_size] for k in range(0, len(order), batch_size))
+    return [s for s in steps if len(s) >= world]  # every process needs at least one sequence
+
+
+def collate(batch: list[Example], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Right-padded ids; masks from lengths (never from pad ids, so an EOS used as pad stays trained)."""
+    width = max(len(e.ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    response = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        ids[i, : len(e.ids)] = torch.tensor(e.ids)
+        attention[i, : len(e.ids)] = 1
+        response[i, e.prompt_len : len(e.ids)] = 1
+    adv = torch.tensor([e.advantage for e in batch], dtype=torch.float32)
+    return {"input_ids": ids.to(device), "attention_mask": attention.to(device), "response_mask": response.to(device),
+            "advantages": adv.to(device), "sources": [e.source for e in batch]}
+
+
+# ---------------------------------------------------------------- one optimizer step
+
+SOURCE_ORDER = ("expert", "teacher", "self")
+STAT_KEYS = ["loss", "tokens", "entropy", "prob", "rectified", "kl", "kl_tokens"] + \
+    [f"{k}/{s}" for s in SOURCE_ORDER for k in ("logprob", "logprob_tokens", "advantage", "seqs")]
+
+
+def backward_step(policy: torch.nn.Module, micro_batches: list[dict], config: TrainConfig, num_tokens: int,
+                  num_seqs: int, scale: float, no_sync: Any) -> dict[str, float]:
+    """Forward + backward over this process's micro-batches of one optimizer step.
+
+    Each micro-batch's loss is divided by the step's global token (or sequence) count and
+    multiplied by ``scale`` (the process count: DDP averages gradients over processes), so the
+    summed gradient equals the whole batch's, however it was split. Returns the metric sums.
+    """
+    stats = dict.fromkeys(STAT_KEYS, 0.0)
+    for j, b in enumerate(micro_batches):
+        sync = j == len(micro_batches) - 1
+        with no_sync(policy) if not sync else nullcontext():
+            logprobs, entropy = policy(b["input_ids"], b["attention_mask"], b["response_mask"], with_entropy=True)
+            loss = token_loss(logprobs, b["response_mask"], b["advantages"], method=config.method, tau=config.tau,
+                              agg=config.agg, num_tokens=num_tokens, num_seqs=num_seqs)
+            (loss * scale).backward()
+        with torch.no_grad():
+            mask = b["response_mask"].bool()
+            p = logprobs.detach().exp()[mask]
+            stats["loss"] += float(loss)
+            stats["tokens"] += float(mask.sum())
+            stats["entropy"] += float(entropy[mask].sum())
+            stats["prob"] += float(p.sum())
+            stats["rectified"] += float((p < config.tau).sum())
+            per_seq_lp = torch.where(mask, logprobs.detach(), 0.0).sum(-1)
+            for i, source in enumerate(b["sources"]):
+                stats[f"logprob/{source}"] += float(per_seq_lp[i])
+                stats[f"logprob_tokens/{source}"] += float(mask[i].sum())
+                stats[f"advantage/{source}"] += float(b["advantages"][i])
+                stats[f"seqs/{source}"] += 1.0
+    return stats
+
+
+def step_metrics(step: int, sums: dict[str, float], lr: float, grad_norm: float, seconds: float,
+                 skipped: int) -> dict[str, Any]:
+    tokens = max(sums["tokens"], 1.0)
+    m: dict[str, Any] = {"step": step, "loss": sums["loss"], "lr": lr, "grad_norm": grad_norm,
+                         "tokens": int(sums["tokens"]), "tokens_per_s": sums["tokens"] / max(seconds, 1e-9),
+                         "entropy": sums["entropy"] / tokens, "mean_token_prob": sums["prob"] / tokens,
+                         "rectified_share": sums["rectified"] / tokens, "skipped_steps": skipped}
+    for s in SOURCE_ORDER:
+        if sums[f"seqs/{s}"]:
+            m[f"logprob/{s}"] = sums[f"logprob/{s}"] / max(sums[f"logprob_tokens/{s}"], 1.0)
+            m[f"advantage/{s}"] = sums[f"advantage/{s}"] / sums[f"seqs/{s}"]
+    if sums["kl_tokens"]:
+        m["kl_ref"] = sums["kl"] / sums["kl_tokens"]
+    return m
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(accelerator: Any, vdir: store.VersionDir, step: int, state: dict[str, Any]) -> None:
+    """accelerate's save_state into a temporary folder, renamed over the previous checkpoint."""
+    tmp, final = vdir.path / ".checkpoint-tmp", vdir.path / "checkpoint"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=2))
+        old = vdir.path / ".checkpoint-old"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def resume_step(accelerator: Any, vdir: store.VersionDir, expected: dict[str, Any]) -> tuple[int, dict]:
+    """Load the checkpoint if there is one; refuse it if it was written under another config."""
+    ckpt = vdir.path / "checkpoint"
+    state_file = ckpt / "trainer_state.json"
+    if not state_file.exists():
+        return 0, {}
+    state = json.loads(state_file.read_text())
+    changed = [k for k in expected if state.get(k) != expected[k]]
+    if changed:
+        raise GftError(f"checkpoint {ckpt} was written with a different {', '.join(changed)}; refusing to resume "
+                       f"(delete the checkpoint folder to start over, or restore the settings)")
+    accelerator.load_state(str(ckpt))
+    return int(state["step"]), state
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines logged after the checkpoint being resumed from."""
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        path.write_text("".join(ln + "\n" for ln in lines))
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def training_inputs(config: TrainConfig, run_dir: Path) -> tuple[store.VersionDir, Any]:
+    if config.build_groups_version:
+        bg = store.VersionDir(run_dir / "build-groups" / config.build_groups_version, "build-groups",
+                              config.build_groups_version)
+        if not bg.is_complete():
+            raise GftError(f"build-groups version {config.build_groups_version} is not complete in {run_dir}")
+    else:
+        bg = store.latest_complete(run_dir, "build-groups")
+    return bg, resolve_model(config.model or bg.read_manifest()["inputs"]["student"]["ref"])
+
+
+def load_causal_lm(path: str, ref: str) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 master weights
+    except Exception as e:
+        raise GftError(f"could not load model '{ref}': {first_line(e)}") from None
+
+
+def plan_steps(config: TrainConfig, examples: list[Example], world: int) -> list[list[int]]:
+    per_epoch = step_batches(examples, config.batch_size, 1, config.seed, world)
+    if not per_epoch:
+        raise GftError(f"batch_size {config.batch_size} leaves no step for {world} processes")
+    if config.max_steps:
+        epochs = -(-config.max_steps // len(per_epoch))
+        return step_batches(examples, config.batch_size, epochs, config.seed, world)[: config.max_steps]
+    return step_batches(examples, config.batch_size, config.epochs, config.seed, world)
+
+
+def run(config: TrainConfig, run_dir: Path, console: Console | None = None) -> dict:
+    from accelerate import Accelerator
+    from transformers import get_cosine_schedule_with_warmup
+
+    gpu = torch.cuda.is_available()
+    bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and gpu)
+    accelerator = Accelerator(cpu=not gpu, mixed_precision="bf16" if bf16 else "no")
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    console = console or Console(quiet=not main)
+    bg, model = training_inputs(config, run_dir)
+    tokenizer = load_tokenizer(model)
+    examples, dropped = tokenize(read_rows(bg, config.dataset), tokenizer, config.max_length, config.truncation)
+    steps = plan_steps(config, examples, world)
+    inputs = {"build-groups": bg.version, "model": {"ref": model.ref, "fingerprint": model.fingerprint}}
+    vdir = open_stage(run_dir, "train", config, inputs, console)
+    if vdir.is_complete():
+        return already_done(vdir, console, summary_table)
+    torch.manual_seed(config.seed)
+    net = load_causal_lm(model.path, model.ref)
+    if config.gradient_checkpointing:
+        net.gradient_checkpointing_enable()
+    policy = Policy(net, config.logprob_chunk)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+                                  weight_decay=config.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * len(steps)), len(steps))
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    accelerator.register_for_checkpointing(scheduler)  # stepped by hand: once per optimizer step
+    expected = {"config": cfg.versioned_dict(config), "world_size": world}
+    start, state = resume_step(accelerator, vdir, expected)
+    metrics_path = vdir.path / "metrics.jsonl"
+    if main:
+        truncate_metrics(metrics_path, start)
+    ref = load_causal_lm(model.path if not config.ref_model else resolve_model(config.ref_model).path, "ref")\
+        .to(accelerator.device).eval() if config.kl_every else None
+    skipped, started = int(state.get("skipped", 0)), time.perf_counter()
+    console.print(f"{len(examples)} sequences ({dict(dropped) or 'none dropped'}), {len(steps)} steps of "
+                  f"{config.batch_size}, {world} process(es); method {config.method} on '{config.dataset}'"
+                  + (f"; resuming at step {start}" if start else ""))
+    with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                  disable=not main) as bar:
+        task = bar.add_task("train", total=len(steps), completed=start, info="")
+        for step in range(start, len(steps)):
+            t0 = time.perf_counter()
+            batch = [examples[i] for i in steps[step]]
+            mine = batch[rank::world]
+            num_tokens = int(accelerator.reduce(torch.tensor(sum(len(e.ids) - e.prompt_len for e in mine),
+                                                             device=accelerator.device), "sum"))
+            micro = [collate(mine[k : k + config.micro_batch_size], tokenizer.pad_token_id, accelerator.device)
+                     for k in range(0, len(mine), config.micro_batch_size)]
+            policy.train()
+            sums = backward_step(policy, micro, config, num_tokens, len(batch), float(world), accelerator.no_sync)
+            if config.kl_every and (step + 1) % config.kl_every == 0:
+                for b in micro:
+                    kl, n = token_kl(accelerator.unwrap_model(policy).model, ref, b["input_ids"], b["attention_mask"],
+                                     b["response_mask"], config.logprob_chunk)
+                    sums["kl"] += kl
+                    sums["kl_tokens"] += n
+            packed = accelerator.reduce(torch.tensor([sums[k] for k in STAT_KEYS], device=accelerator.device,
+                                                     dtype=torch.float64), "sum")
+            sums = dict(zip(STAT_KEYS, packed.tolist(), strict=True))
+            grad_norm = float(accelerator.clip_grad_norm_(policy.parameters(), config.grad_clip or float("inf")))
+            if math.isfinite(sums["loss"]) and math.isfinite(grad_norm):
+                optimizer.step()
+            else:  # never apply a non-finite update; count it
+                skipped += 1
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            m = step_metrics(step + 1, sums, lr, grad_norm, time.perf_counter() - t0, skipped)
+            if main:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(m) + "\n")
+            bar.update(task, advance=1, info=f"loss {m['loss']:.4f} {m['tokens_per_s']:.0f} tok/s")
+            if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < len(steps):
+                save_checkpoint(accelerator, vdir, step + 1, {**expected, "skipped": skipped})
+    accelerator.wait_for_everyone()
+    if main:
+        save_model(accelerator.unwrap_model(policy).model, tokenizer, vdir.path / "model")
+    accelerator.wait_for_everyone()
+    summary = {"steps": len(steps), "skipped_steps": skipped, "sequences": len(examples), "dropped": dict(dropped),
+               "world_size": world, "final_loss": last_metric(metrics_path, "loss"),
+               "train_seconds_this_run": time.perf_counter() - started, "method": config.method,
+               "data": config.dataset}
+    manifest = store.finalize(vdir, 0, {"summary": summary}) if main else {"summary": summary}
+    if main:
+        shutil.rmtree(vdir.path / "checkpoint", ignore_errors=True)
+        console.print(summary_table(manifest))
+    accelerator.wait_for_everyone()
+    return manifest
+
+
+def save_model(net: torch.nn.Module, tokenizer: Any, final: Path) -> None:
+    tmp = final.with_name(".model-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    net.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def last_metric(path: Path, key: str) -> float | None:
+    if not path.exists():
+        return None
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    return json.loads(lines[-1]).get(key) if lines else None
+
+
+def summary_table(manifest: dict) -> Table:
+    s = manifest["summary"]
+    table = Table(title=f"train {manifest.get('version', '')}: {s['method']} on {s['data']}")
+    for col in ("steps", "skipped", "sequences", "final loss", "processes"):
+        table.add_column(col, justify="right")
+    loss = "-" if s["final_loss"] is None else f"{s['final_loss']:.4f}"
+    table.add_row(str(s["steps"]), str(s["skipped_steps"]), str(s["sequences"]), loss, str(s["world_size"]))
+    return table
