@@ -104,7 +104,8 @@ def stage_command(name: str, config_cls: type, body: Callable[[Any, Path], Any],
         inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
                           default=typer.Option(None, "--config", "-c", help="YAML config file for this stage")),
         inspect.Parameter("run", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
-                          default=typer.Option(DEFAULT_RUN, "--run", help="run folder")),
+                          default=typer.Option(DEFAULT_RUN, "--run", "--run-dir",
+                                               help="run folder (--run-dir under torchrun, whose parser takes --run)")),
     ]
     command.__signature__ = inspect.Signature(common + flag_parameters(config_cls, defaults or {}))  # type: ignore[attr-defined]
     command.__doc__ = help

@@ -1,0 +1,184 @@
+"""gft train on the embedded default: every method, invariants of the loop, resume, two processes."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, gft
+from safetensors.torch import load_file
+
+from gftrepro.train import TrainConfig, backward_step, collate, tokenize
+
+SMALL = ["--limit", "16", "--shard-size", "8", "--max-new-tokens", "24"]
+
+
+@pytest.fixture(scope="module")
+def grouped_run(tmp_path_factory) -> Path:
+    """sample-teacher -> sample-self -> verify -> build-groups on 16 bundled problems."""
+    run = tmp_path_factory.mktemp("trainrun")
+    gft("sample-teacher", "--run", str(run), *SMALL, check=True)
+    gft("sample-self", "--run", str(run), *SMALL, check=True)
+    gft("verify", "--run", str(run), check=True)
+    gft("build-groups", "--run", str(run), check=True)
+    return run
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(next(folder.glob("*.safetensors"))))
+
+
+def train_dir(run: Path, method: str) -> Path:
+    for v in (run / "train").iterdir():
+        m = v / "manifest.json"
+        if m.exists() and json.loads(m.read_text())["summary"]["method"] == method:
+            return v
+    raise AssertionError(f"no complete train version for {method}")
+
+
+def test_every_method_trains_and_writes_a_loadable_checkpoint(grouped_run, student_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for method in ("gft", "sft", "sft-mix", "dft", "gft-no-dcr", "gft-no-gal"):
+        gft("train", "--run", str(grouped_run), "--method", method, "--max-steps", "2", "--batch-size", "8",
+            "--kl-every", "1", check=True)
+        v = train_dir(grouped_run, method)
+        metrics = [json.loads(line) for line in (v / "metrics.jsonl").read_text().splitlines()]
+        assert [m["step"] for m in metrics] == [1, 2]
+        for key in ("loss", "lr", "grad_norm", "tokens_per_s", "entropy", "mean_token_prob", "rectified_share",
+                    "kl_ref"):
+            assert all(key in m for m in metrics), key
+        AutoModelForCausalLM.from_pretrained(v / "model")
+        assert AutoTokenizer.from_pretrained(v / "model").eos_token == "<|im_end|>"
+        assert not (v / "checkpoint").exists()
+    gft_metrics = json.loads((train_dir(grouped_run, "gft") / "metrics.jsonl").read_text().splitlines()[0])
+    assert "advantage/expert" in gft_metrics and "logprob/self" in gft_metrics
+    again = gft("train", "--run", str(grouped_run), "--method", "gft", "--max-steps", "2", "--batch-size", "8",
+                "--kl-every", "1", check=True)
+    assert "nothing to do" in again.stdout
+
+
+def test_every_parameter_changes_after_two_steps(grouped_run, student_path):
+    gft("train", "--run", str(grouped_run), "--method", "sft", "--max-steps", "2", "--batch-size", "8",
+        "--lr", "1e-2", "--weight-decay", "0", "--warmup-ratio", "0", check=True)
+    before = weights(student_path)
+    v = [v for v in (grouped_run / "train").iterdir() if json.loads((v / "config.json").read_text())["config"]["lr"]
+         == 1e-2][0]
+    after = weights(v / "model")
+    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    assert not unchanged, unchanged
+
+
+def test_sampling_from_a_trained_checkpoint(grouped_run):
+    model = train_dir(grouped_run, "gft") / "model"
+    gft("sample-self", "--run", str(grouped_run), "--model", str(model), "--limit", "4", "--max-new-tokens", "8",
+        check=True)
+
+
+def test_one_batch_of_8_equals_8_micro_batches_of_1(grouped_run, student_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gftrepro import store
+    from gftrepro.logprobs import Policy
+    from gftrepro.train import read_rows
+
+    tok = AutoTokenizer.from_pretrained(student_path)
+    bg = store.latest_complete(grouped_run, "build-groups")
+    examples, _ = tokenize(read_rows(bg, "groups")[:8], tok, 512, "keep")
+    config = TrainConfig(method="gft", tau=0.7)
+    grads = []
+    for micro in (8, 1):
+        torch.manual_seed(0)
+        policy = Policy(AutoModelForCausalLM.from_pretrained(student_path))
+        batches = [collate(examples[k : k + micro], tok.pad_token_id, torch.device("cpu")) for k in range(0, 8, micro)]
+        n_tokens = sum(len(e.ids) - e.prompt_len for e in examples)
+        backward_step(policy, batches, config, n_tokens, 8, 1.0, lambda m: __import__("contextlib").nullcontext())
+        grads.append({n: p.grad.clone() for n, p in policy.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
+
+
+def test_sigkill_mid_training_then_resume_equals_uninterrupted(grouped_run, tmp_path):
+    args = ["train", "--method", "gft", "--max-steps", "8", "--batch-size", "4", "--save-every", "2", "--seed", "7"]
+    killed, fresh = tmp_path / "killed", tmp_path / "fresh"
+    for run in (killed, fresh):
+        shutil.copytree(grouped_run, run, ignore=shutil.ignore_patterns("train"))
+    proc = subprocess.Popen([sys.executable, "-m", "gftrepro.cli", *args, "--run", str(killed)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(killed.glob("train/*/checkpoint/trainer_state.json")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (v,) = (killed / "train").iterdir()
+    assert (v / "checkpoint").exists() and not (v / "manifest.json").exists()
+    resumed = gft(*args, "--run", str(killed), check=True)
+    assert "resuming at step" in resumed.stdout
+    gft(*args, "--run", str(fresh), check=True)
+    (v_fresh,) = (fresh / "train").iterdir()
+    a, b = weights(v / "model"), weights(v_fresh / "model")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    steps = [json.loads(line)["step"] for line in (v / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+
+
+def test_resuming_with_a_changed_setting_is_refused(grouped_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(grouped_run, run, ignore=shutil.ignore_patterns("train"))
+    args = ["train", "--run", str(run), "--max-steps", "4", "--batch-size", "4", "--save-every", "2", "--seed", "3"]
+    gft(*args, check=True)
+    (v,) = (run / "train").iterdir()
+    (v / "manifest.json").unlink()  # pretend the run died after its step-2 checkpoint ...
+    ckpt = v / "checkpoint"
+    ckpt.mkdir()
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 2, "world_size": 2, "config": {}}))
+    proc = gft(*args)  # ... under another world size and config
+    assert proc.returncode == 2 and "refusing to resume" in proc.stderr
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(grouped_run, tmp_path):
+    args = ["-m", "gftrepro.cli", "train", "--method", "gft", "--max-steps", "3", "--batch-size", "8", "--seed", "5"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    for run in (one, two):
+        shutil.copytree(grouped_run, run, ignore=shutil.ignore_patterns("train"))
+    subprocess.run([sys.executable, *args, "--run", str(one)], cwd=REPO, check=True, capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *args,
+                           "--run-dir", str(two)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (v1,) = (one / "train").iterdir()
+    (v2,) = (two / "train").iterdir()
+    assert json.loads((v2 / "manifest.json").read_text())["summary"]["world_size"] == 2
+    a, b = weights(v1 / "model"), weights(v2 / "model")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--method", "ppo"], "unknown method 'ppo'"),
+    (["--tau", "1.5"], "tau must be in [0, 1]"),
+    (["--method", "gft", "--data", "sft"], "needs groups"),
+])
+def test_bad_training_input(grouped_run, args, message):
+    proc = gft("train", "--run", str(grouped_run), *args)
+    assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_nan_advantages_are_refused(grouped_run, tmp_path):
+    import pandas as pd
+
+    run = tmp_path / "run"
+    shutil.copytree(grouped_run, run, ignore=shutil.ignore_patterns("train"))
+    (v,) = (run / "build-groups").iterdir()
+    shard = next(v.glob("shard-*.parquet"))
+    df = pd.read_parquet(shard)
+    df.loc[0, "advantage"] = float("nan")
+    df.to_parquet(shard)
+    proc = gft("train", "--run", str(run), "--max-steps", "1")
+    assert proc.returncode == 2 and "is not finite" in proc.stderr
+    assert not list(run.glob("train/*/manifest.json"))
