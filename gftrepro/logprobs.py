@@ -2,48 +2,75 @@
 
 Full logits are vocab x tokens: 151,936 x 4,096 in fp32 is 2.3 GiB per sequence, and the
 backward pass keeps as much again. Here only response positions go through the LM head, in chunks
-of ``chunk`` tokens; each chunk's logits live only inside a checkpointed function (recomputed in
-the backward pass), are upcast to fp32 for the log-softmax, and only the target token's log-prob
-(and, when asked, the entropy, without gradient) leaves it. Peak extra memory is one chunk's
-logits instead of the whole sequence's. ``tests/test_logprobs.py`` checks values and gradients
-against a plain full-logits fp32 computation.
+of ``chunk`` tokens (``ChunkedTokenLogprob``): a chunk's logits are upcast to fp32 for the
+log-softmax and only the target token's log-prob (and, when asked, the entropy, without gradient)
+leaves it; the backward pass recomputes them chunk by chunk. Peak extra memory is one chunk's
+logits plus one fp32 weight-gradient buffer instead of the whole sequence's logits.
+``tests/test_logprobs.py`` checks values and gradients against a plain full-logits fp32
+computation.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 
-def chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                   with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = (hidden @ weight.T).float()  # [n, V] fp32, this chunk only
-    lse = torch.logsumexp(logits, dim=-1)  # [n]
-    logp = logits.gather(-1, targets[:, None]).squeeze(-1) - lse  # [n]
-    if not with_entropy:
-        return logp, torch.zeros_like(lse).detach()
-    with torch.no_grad():
-        entropy = lse - (torch.softmax(logits, -1) * logits).sum(-1)  # [n]
-    return logp, entropy
+class ChunkedTokenLogprob(torch.autograd.Function):
+    """log p(target) per token through the LM head, one chunk of tokens at a time.
+
+    Forward keeps only each token's logsumexp [N]. Backward recomputes a chunk's logits, turns them
+    in place into d logp / d logits = onehot(target) - softmax (times the upstream gradient), and
+    accumulates the weight gradient with ``addmm_`` into one fp32 [V, H] buffer: peak extra memory
+    is one chunk of fp32 logits plus that buffer, whatever the sequence length.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
+                with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        n = hidden.shape[0]
+        w = weight.to(hidden.dtype)  # bf16 activations with fp32 master weights: matmul in bf16
+        logp = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        lse = torch.empty_like(logp)
+        entropy = torch.zeros_like(logp)
+        for s in range(0, n, chunk):
+            logits = (hidden[s : s + chunk] @ w.T).float()  # [c, V] fp32, this chunk only
+            lse[s : s + chunk] = torch.logsumexp(logits, -1)
+            logp[s : s + chunk] = logits.gather(1, targets[s : s + chunk, None]).squeeze(1) - lse[s : s + chunk]
+            if with_entropy:  # H = lse - sum softmax * logits
+                entropy[s : s + chunk] = lse[s : s + chunk] - (
+                    logits.sub(lse[s : s + chunk, None]).exp_().mul_(logits).sum(-1))
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.chunk = chunk
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp: torch.Tensor, _grad_entropy: torch.Tensor):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if ctx.needs_input_grad[1] else None
+        w = weight.to(hidden.dtype)
+        for s in range(0, hidden.shape[0], ctx.chunk):
+            h, g = hidden[s : s + ctx.chunk], grad_logp[s : s + ctx.chunk].float()
+            dlogits = (h @ w.T).float().sub_(lse[s : s + ctx.chunk, None]).exp_()  # softmax, in place
+            dlogits.mul_(-g[:, None]).scatter_add_(1, targets[s : s + ctx.chunk, None], g[:, None])  # [c, V] fp32
+            if grad_w is not None:
+                grad_w.addmm_(dlogits.T, h.float())
+            if grad_h is not None:
+                grad_h[s : s + ctx.chunk] = dlogits.to(hidden.dtype) @ w
+        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None
 
 
-def selective_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 1024,
+def selective_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 512,
                        with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(targets) [N] (with grad) and entropy [N] (no grad) from hidden [N, H] and LM head weight [V, H]."""
-    logps, ents = [], []
-    for start in range(0, hidden.shape[0], chunk):
-        h, t = hidden[start : start + chunk], targets[start : start + chunk]
-        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            lp, ent = checkpoint(chunk_logprobs, h, weight, t, with_entropy, use_reentrant=False)
-        else:
-            lp, ent = chunk_logprobs(h, weight, t, with_entropy)
-        logps.append(lp)
-        ents.append(ent)
-    if not logps:
+    if hidden.shape[0] == 0:
         empty = hidden.new_zeros(0, dtype=torch.float32)
         return empty, empty
-    return torch.cat(logps), torch.cat(ents)
+    with torch.autocast(hidden.device.type, enabled=False):  # dtypes are handled explicitly inside
+        return ChunkedTokenLogprob.apply(hidden, weight, targets, chunk, with_entropy)
 
 
 class Policy(nn.Module):
@@ -54,7 +81,7 @@ class Policy(nn.Module):
     (Llama, Qwen2, Mistral); models with logit soft-capping or scaling are refused.
     """
 
-    def __init__(self, model: nn.Module, chunk: int = 1024):
+    def __init__(self, model: nn.Module, chunk: int = 512):
         super().__init__()
         for key in ("final_logit_softcapping", "logit_scale"):
             if getattr(model.config, key, None):

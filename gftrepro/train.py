@@ -83,7 +83,7 @@ class TrainConfig:
     seed: int = opt(0, "seed of the data order and of torch")
     dtype: str = opt("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass", versioned=False)
-    logprob_chunk: int = opt(1024, "tokens per chunk of the LM-head log-softmax", versioned=False)
+    logprob_chunk: int = opt(512, "tokens per chunk of the LM-head log-softmax", versioned=False)
     save_every: int = opt(50, "write a resumable checkpoint every N steps (0 = only at the end)", versioned=False)
     kl_every: int = opt(0, "every N steps, KL(pi_theta || pi_ref) over the step's tokens (0 = off)", versioned=False)
     ref_model: str = opt("", "reference model for the KL ('' = the starting model)", versioned=False)

@@ -39,3 +39,22 @@ def test_policy_scores_response_tokens_like_the_model_logits(student_path):
     ref = torch.zeros_like(lp)
     ref[:, 1:] = full[:, :-1].gather(2, ids[:, 1:, None]).squeeze(-1)
     torch.testing.assert_close(lp, torch.where(response.bool(), ref, 0.0), atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_activations_with_fp32_master_weights_track_the_fp32_reference():
+    """The mixed-precision case on GPU: hidden states in bf16, the LM head's master weight in fp32."""
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(20, 32, generator=g)
+    weight = torch.randn(64, 32, generator=g, requires_grad=True)
+    targets = torch.randint(0, 64, (20,), generator=g)
+    h16 = hidden.bfloat16().requires_grad_(True)
+    lp, _ = selective_logprobs(h16, weight, targets, chunk=6)
+    lp.sum().backward()
+    assert h16.grad.dtype == torch.bfloat16 and weight.grad.dtype == torch.float32
+    w_grad = weight.grad.clone()
+    weight.grad = None
+    ref = torch.log_softmax(hidden.bfloat16().float() @ weight.bfloat16().float().T, -1)
+    ref = ref.gather(1, targets[:, None]).squeeze(1)
+    ref.sum().backward()
+    torch.testing.assert_close(lp, ref, atol=0.1, rtol=0.02)
+    torch.testing.assert_close(w_grad, weight.grad, atol=0.1, rtol=0.05)
