@@ -51,7 +51,7 @@ def overhead(args: argparse.Namespace) -> dict:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(args.model, device)
-    if args.model != "tiny":
+    if args.grad_ckpt:
         model.gradient_checkpointing_enable()
     policy = Policy(model, chunk=512)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
@@ -96,7 +96,7 @@ def overhead(args: argparse.Namespace) -> dict:
     out = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "model": args.model,
            "params": params, "batch": args.batch, "seq": args.seq, "step_s_sft": med["sft"], "step_s_gft": med["gft"],
            "gft_overhead": med["gft"] / med["sft"] - 1, "tokens_per_s_gft": tokens / med["gft"],
-           "gradient_checkpointing": args.model != "tiny"}
+           "gradient_checkpointing": args.grad_ckpt}
     if device.type == "cuda":
         out["mfu_gft"] = flops_per_token * tokens / med["gft"] / H100_BF16_DENSE
         out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -157,6 +157,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing (recompute is not in MFU)")
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--vocab", type=int, default=151936)
     ap.add_argument("--hidden", type=int, default=1536)

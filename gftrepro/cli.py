@@ -139,8 +139,15 @@ def train_stage(config: Any, run_dir: Path) -> Any:
     return stage.run(config, run_dir)
 
 
+def eval_stage(config: Any, run_dir: Path) -> Any:
+    from gftrepro import evaluate as stage
+
+    return stage.run(config, run_dir)
+
+
 def register() -> None:
     from gftrepro.build_groups import BuildGroupsConfig
+    from gftrepro.evaluate import EvalConfig
     from gftrepro.sample import SELF_DEFAULTS, SampleConfig
     from gftrepro.train import TrainConfig
     from gftrepro.verify_stage import VerifyConfig
@@ -155,6 +162,8 @@ def register() -> None:
                   "Build groups of K = expert + teacher + self responses with group advantages (GAL).")
     stage_command("train", TrainConfig, train_stage,
                   "Train the student: gft, its ablations, or the sft / sft-mix / dft baselines.")
+    stage_command("eval", EvalConfig, eval_stage,
+                  "Evaluate a model: n samples per benchmark problem, avg@n, pass@k, maj@k (--compare).")
 
 
 register()

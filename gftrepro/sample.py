@@ -35,17 +35,18 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from gftrepro import schema, store
-from gftrepro.backends import Backend, Request, SamplingParams, check_backend
+from gftrepro.backends import GenerationOptions, Request, SamplingParams, make_backend
 from gftrepro.config import opt
 from gftrepro.errors import GftError
-from gftrepro.models import QWEN_MATH_COT, ModelRef, format_prompt, load_tokenizer, resolve_model, stop_token_ids
+from gftrepro.models import ModelRef, format_prompt, load_tokenizer, resolve_model, stop_token_ids
 from gftrepro.problems import Problems, load_problems
 from gftrepro.stage import already_done, open_stage
 
 
 @dataclass(frozen=True)
-class SampleConfig:
-    # what to sample from
+class SampleConfig(GenerationOptions):
+    """Generation settings (``GenerationOptions``) plus what to sample from and how to shard it."""
+
     dataset: str = opt("testbed", "problems: 'testbed', a local .jsonl/.parquet file or folder, or a hub dataset id")
     split: str = opt("train", "dataset split")
     question_field: str = opt("problem", "field holding the question text")
@@ -53,41 +54,18 @@ class SampleConfig:
     answer_field: str = opt("answer", "field holding the gold answer ('' to take it from the solution's \\boxed{})")
     limit: int = opt(512, "use the first N unique problems (0 = all)")
     model: str = opt("testbed:teacher", "model: testbed:<name>, a local folder, or a hub id")
-    # how to sample
     n: int = opt(3, "samples per problem")
-    temperature: float = opt(1.0, "sampling temperature (0 = greedy)")
-    top_p: float = opt(1.0, "nucleus sampling mass")
-    max_new_tokens: int = opt(128, "cap on generated tokens (also capped by the model's context)")
-    system_prompt: str = opt(QWEN_MATH_COT, "system prompt ('' for none)")
-    prompt_template: str = opt("auto", "auto (chat template if the tokenizer has one), chat, or plain")
-    stop_tokens: list[str] = opt(["<|im_end|>", "<|endoftext|>"], "extra stop tokens, used when in the vocabulary")
-    seed: int = opt(0, "base seed; each sample's seed derives from it, the prompt_id and sample_idx")
     logprobs: bool = opt(False, "store per-token log-probs of each completion")
-    # how to run
-    backend: str = opt("hf", "generation backend: hf or vllm")
     shard_size: int = opt(64, "problems per output shard (the unit of work and of resumption)")
-    batch_size: int = opt(64, "hf: sequences per generate call")
-    device: str = opt("auto", "hf: auto, cpu, cuda, cuda:1, ...", versioned=False)
-    dtype: str = opt("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
-    tensor_parallel_size: int = opt(1, "vllm: GPUs per engine", versioned=False)
-    gpu_memory_utilization: float = opt(0.9, "vllm: share of GPU memory for weights and KV cache", versioned=False)
-    max_model_len: int = opt(0, "vllm: context length (0 = the model's)")
-    enforce_eager: bool = opt(False, "vllm: skip CUDA-graph / torch.compile capture (faster start)", versioned=False)
     shard_index: int = opt(0, "this process's part of the stage (0-based)", versioned=False)
     num_shards: int = opt(1, "how many processes share the stage", versioned=False)
 
     def validate(self) -> None:
-        check_backend(self.backend)
+        self.validate_generation()
         checks = [
             (self.n >= 1, f"n must be at least 1, got {self.n}"),
-            (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
-            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
-            (self.max_new_tokens >= 1, f"max_new_tokens must be at least 1, got {self.max_new_tokens}"),
             (self.limit >= 0, f"limit must be >= 0, got {self.limit}"),
             (self.shard_size >= 1, f"shard_size must be at least 1, got {self.shard_size}"),
-            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
-            (self.prompt_template in ("auto", "chat", "plain"),
-             f"prompt_template must be auto, chat or plain, got '{self.prompt_template}'"),
             (self.num_shards >= 1 and 0 <= self.shard_index < self.num_shards,
              f"shard_index must be in [0, num_shards), got {self.shard_index} of {self.num_shards}"),
         ]
@@ -107,18 +85,6 @@ def sample_seed(base: int, prompt_id: str, sample_idx: int) -> int:
 def shard_range(k: int, shard_size: int, num_problems: int) -> range:
     """Problem indices of shard ``k``: shards are consecutive blocks of ``shard_size`` problems."""
     return range(k * shard_size, min((k + 1) * shard_size, num_problems))
-
-
-def make_backend(config: SampleConfig, model: ModelRef, tokenizer) -> Backend:
-    if config.backend == "vllm":
-        from gftrepro.backends.vllm import VLLMBackend
-
-        return VLLMBackend(model, tokenizer, tensor_parallel_size=config.tensor_parallel_size,
-                           gpu_memory_utilization=config.gpu_memory_utilization, max_model_len=config.max_model_len,
-                           dtype=config.dtype, enforce_eager=config.enforce_eager, seed=config.seed)
-    from gftrepro.backends.hf import HFBackend
-
-    return HFBackend(model, tokenizer, batch_size=config.batch_size, device=config.device, dtype=config.dtype)
 
 
 def shard_rows(problems: Problems, prompts: list[str], shard: range, config: SampleConfig, source: str,

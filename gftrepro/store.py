@@ -35,7 +35,7 @@ from gftrepro.config import content_hash
 from gftrepro.errors import GftError
 
 # pipeline order; each stage adds itself here when it exists
-STAGES = ("sample-teacher", "sample-self", "verify", "build-groups", "train")
+STAGES = ("sample-teacher", "sample-self", "verify", "build-groups", "train", "eval")
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
 SHARD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})\.parquet$")

@@ -3,8 +3,11 @@ from pathlib import Path
 import pytest
 
 from gftrepro import config as cfg
+from gftrepro.build_groups import BuildGroupsConfig
 from gftrepro.errors import GftError
 from gftrepro.sample import SELF_DEFAULTS, SampleConfig
+from gftrepro.train import TrainConfig
+from gftrepro.verify_stage import VerifyConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,11 +60,22 @@ def test_bad_yaml_and_missing_file(tmp_path):
         cfg.load(SampleConfig, tmp_path / "nope.yaml", {})
 
 
-@pytest.mark.parametrize(("name", "defaults"), [("sample-teacher", {}), ("sample-self", SELF_DEFAULTS)])
-def test_tiny_stage_files_equal_the_embedded_default(name, defaults):
+STAGE_CONFIGS = {"sample-teacher": (SampleConfig, {}), "sample-self": (SampleConfig, SELF_DEFAULTS),
+                 "verify": (VerifyConfig, {}), "build-groups": (BuildGroupsConfig, {}), "train": (TrainConfig, {})}
+
+
+@pytest.mark.parametrize("name", STAGE_CONFIGS)
+def test_tiny_stage_files_equal_the_embedded_default(name):
     """stages/tiny/ spells out the zero-argument defaults; they must not drift apart."""
-    from_file = cfg.load(SampleConfig, REPO / "stages" / "tiny" / f"{name}.yaml", {})
-    assert from_file == cfg.load(SampleConfig, None, {}, defaults)
+    cls, defaults = STAGE_CONFIGS[name]
+    from_file = cfg.load(cls, REPO / "stages" / "tiny" / f"{name}.yaml", {})
+    assert from_file == cfg.load(cls, None, {}, defaults)
+
+
+@pytest.mark.parametrize("name", ["train", "train-sft"])
+def test_paper_train_files_resolve(name):
+    c = cfg.load(TrainConfig, REPO / "stages" / f"{name}.yaml", {})
+    assert c.dtype == "auto" and c.agg == "token-mean"
 
 
 @pytest.mark.parametrize("name", ["sample-teacher", "sample-self"])

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+from gftrepro.config import opt
 from gftrepro.errors import GftError
+from gftrepro.models import QWEN_MATH_COT, ModelRef
 
 BACKENDS = ("hf", "vllm")
 
@@ -72,3 +74,51 @@ def finish(token_ids: list[int], stop_ids: set[int], cap: int) -> tuple[list[int
 def decode(tokenizer, token_ids: list[int], stop_ids: set[int]) -> str:
     body = token_ids[:-1] if token_ids and token_ids[-1] in stop_ids else token_ids
     return tokenizer.decode(body, skip_special_tokens=True)
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Generation settings shared by the stages that sample (sample-teacher, sample-self, eval)."""
+
+    temperature: float = opt(1.0, "sampling temperature (0 = greedy)")
+    top_p: float = opt(1.0, "nucleus sampling mass")
+    max_new_tokens: int = opt(128, "cap on generated tokens (also capped by the model's context)")
+    system_prompt: str = opt(QWEN_MATH_COT, "system prompt ('' for none)")
+    prompt_template: str = opt("auto", "auto (chat template if the tokenizer has one), chat, or plain")
+    stop_tokens: list[str] = opt(["<|im_end|>", "<|endoftext|>"], "extra stop tokens, used when in the vocabulary")
+    seed: int = opt(0, "base seed; each sample's seed derives from it, the prompt_id and sample_idx")
+    backend: str = opt("hf", "generation backend: hf or vllm")
+    batch_size: int = opt(64, "hf: sequences per generate call")
+    device: str = opt("auto", "hf: auto, cpu, cuda, cuda:1, ...", versioned=False)
+    dtype: str = opt("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
+    tensor_parallel_size: int = opt(1, "vllm: GPUs per engine", versioned=False)
+    gpu_memory_utilization: float = opt(0.9, "vllm: share of GPU memory for weights and KV cache", versioned=False)
+    max_model_len: int = opt(0, "vllm: context length (0 = the model's)")
+    enforce_eager: bool = opt(False, "vllm: skip CUDA-graph / torch.compile capture (faster start)", versioned=False)
+
+    def validate_generation(self) -> None:
+        check_backend(self.backend)
+        checks = [
+            (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.max_new_tokens >= 1, f"max_new_tokens must be at least 1, got {self.max_new_tokens}"),
+            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+            (self.prompt_template in ("auto", "chat", "plain"),
+             f"prompt_template must be auto, chat or plain, got '{self.prompt_template}'"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise GftError(message)
+
+
+def make_backend(options: GenerationOptions, model: ModelRef, tokenizer: Any) -> Backend:
+    if options.backend == "vllm":
+        from gftrepro.backends.vllm import VLLMBackend
+
+        return VLLMBackend(model, tokenizer, tensor_parallel_size=options.tensor_parallel_size,
+                           gpu_memory_utilization=options.gpu_memory_utilization,
+                           max_model_len=options.max_model_len, dtype=options.dtype,
+                           enforce_eager=options.enforce_eager, seed=options.seed)
+    from gftrepro.backends.hf import HFBackend
+
+    return HFBackend(model, tokenizer, batch_size=options.batch_size, device=options.device, dtype=options.dtype)

@@ -1,0 +1,273 @@
+"""Stage ``eval``: n samples per benchmark problem, verified, and avg@n / pass@k / maj@k tables.
+
+Reads: a model (``testbed:<name>``, a ``gft train`` model folder, a hub id) and benchmarks
+(``gftrepro.benchmarks``: the bundled testbed split, local copies in ``--benchmark-dir``, or the
+hub). Writes ``<run>/eval/<version>/``:
+
+- ``<benchmark>/problems.parquet`` and ``<benchmark>/shard-pXXXXX-sAAAAA-BBBBB.parquet``: samples
+  AAAAA..BBBBB-1 of problem block XXXXX, with their verdicts (``correct``, ``status``,
+  ``extracted``, ``finish_reason``);
+- ``metrics-n<N>.json``, ``report-n<N>.md``, ``passk-n<N>.png``; ``manifest.json`` last.
+
+``version`` hashes the model and the sampling settings but not n, k or the benchmark list:
+samples are seeded per (problem, sample index), so ``--pass-k 256`` after ``--pass-k 128`` draws
+only samples 128..255, and a crash loses at most one shard.
+
+    gft eval                                            # tiny student on the bundled test split
+    gft eval --model outputs/default/train/<version>/model --benchmarks math500,minerva_math --pass-k 128
+    gft eval --model Qwen/Qwen2.5-Math-1.5B --benchmarks paper --n 16 --temperature 0.5
+    gft eval --compare outputs/runA/eval,outputs/runB/eval
+
+Where this departs from the paper's harness:
+
+1. New tokens are capped at context - prompt (Qwen2.5-Math has 4,096 tokens in total, so "4,096
+   new tokens" cannot fit); the number of capped samples is reported, and a sample that ends
+   without a stop token counts as wrong.
+2. pass@k is the unbiased estimator over n samples (not the first sample's accuracy, not a
+   bootstrapped best-of-k).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from gftrepro import store
+from gftrepro.backends import GenerationOptions, Request, SamplingParams, make_backend
+from gftrepro.benchmarks import Benchmark, load_benchmark, resolve_names
+from gftrepro.config import opt
+from gftrepro.errors import GftError
+from gftrepro.metrics import benchmark_metrics, ks_up_to, macro_average
+from gftrepro.models import format_prompt, load_tokenizer, resolve_model, stop_token_ids
+from gftrepro.pool import DeadlinePool
+from gftrepro.sample import sample_seed
+from gftrepro.stage import open_stage
+from gftrepro.verify import judge, normalise
+from gftrepro.verify_stage import Scorer, VerifyConfig
+
+MC_PROMPT = ("Please reason step by step, and put the letter of the correct option (A, B, C, ...) "
+             "within \\boxed{}.")
+SHARD_RE = re.compile(r"^shard-p(\d{5})-s(\d{5})-(\d{5})\.parquet$")
+SAMPLES = pa.schema([("prompt_id", pa.string()), ("sample_idx", pa.int32()), ("completion", pa.string()),
+                     ("completion_tokens", pa.int32()), ("finish_reason", pa.string()), ("correct", pa.bool_()),
+                     ("status", pa.string()), ("extracted", pa.string()), ("gold", pa.string())])
+
+
+@dataclass(frozen=True)
+class EvalConfig(GenerationOptions):
+    """Generation settings (``GenerationOptions``) plus what to evaluate."""
+
+    model: str = opt("testbed:student", "model: testbed:<name>, a local folder (a gft train model), or a hub id")
+    benchmarks: list[str] = opt(["testbed"], "benchmark names, or 'paper' for the paper's 11", versioned=False)
+    benchmark_dir: str = opt("", "folder with <benchmark>/test.jsonl copies ('' = the hub)", versioned=False)
+    limit: int = opt(0, "first N problems of each benchmark (0 = all)", versioned=False)
+    pass_k: int = opt(16, "largest k reported (pass@1, 2, 4, ... up to it)", versioned=False)
+    n: int = opt(0, "samples per problem (0 = pass_k)", versioned=False)
+    mc_system_prompt: str = opt(MC_PROMPT, "system prompt of multiple-choice benchmarks")
+    shard_size: int = opt(64, "problems per shard")
+    workers: int = opt(2, "verifier processes", versioned=False)
+    timeout: float = opt(5.0, "seconds per verdict before its worker is killed", versioned=False)
+    compare: list[str] = opt([], "compare finished evaluations (eval folders) instead of evaluating",
+                             versioned=False)
+
+    @property
+    def samples(self) -> int:
+        return self.n or self.pass_k
+
+    def validate(self) -> None:
+        self.validate_generation()
+        if self.compare:
+            return
+        if self.samples < 1:
+            raise GftError(f"n must be at least 1, got {self.samples}")
+        if not 1 <= self.pass_k <= self.samples:
+            raise GftError(f"pass_k must be in [1, n]: k = {self.pass_k} > n = {self.samples}")
+        if self.limit < 0 or self.shard_size < 1:
+            raise GftError("limit must be >= 0 and shard_size >= 1")
+
+
+def sample_ranges(folder: Path) -> dict[int, int]:
+    """{problem block: samples present} (ranges are written contiguously from 0)."""
+    have: dict[int, int] = {}
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            m = SHARD_RE.match(entry.name)
+            if m:
+                block, end = int(m.group(1)), int(m.group(3))
+                have[block] = max(have.get(block, 0), end)
+    return have
+
+
+def bench_folder(vdir: store.VersionDir, bench: Benchmark, limit: int) -> Path:
+    return vdir.path / (bench.name if not limit else f"{bench.name}-first{limit}")
+
+
+def plan(problems: list[dict], folder: Path, shard_size: int, n: int) -> list[tuple[int, int, int]]:
+    """(problem block, first sample, end sample) still to draw."""
+    have = sample_ranges(folder)
+    blocks = -(-len(problems) // shard_size)
+    return [(k, have.get(k, 0), n) for k in range(blocks) if have.get(k, 0) < n]
+
+
+def sample_block(backend, scorer: Scorer, problems: list[dict], prompts: list[list[int]], job: tuple[int, int, int],
+                 config: EvalConfig, params: SamplingParams, progress) -> pa.Table:
+    k, start, end = job
+    rows = range(k * config.shard_size, min((k + 1) * config.shard_size, len(problems)))
+    requests, keys = [], []
+    for i in rows:
+        for j in range(start, end):
+            requests.append(Request(prompts[i], sample_seed(config.seed, problems[i]["prompt_id"], j)))
+            keys.append((i, j))
+    samples = backend.generate(requests, params, progress)
+    verdicts = scorer.score_all([s.text for s in samples], [problems[i]["gold"] for i, _ in keys])
+    cols = {
+        "prompt_id": [problems[i]["prompt_id"] for i, _ in keys], "sample_idx": [j for _, j in keys],
+        "completion": [s.text for s in samples], "completion_tokens": [len(s.token_ids) for s in samples],
+        "finish_reason": [s.finish_reason for s in samples],
+        "correct": [v.correct and s.finish_reason == "stop" for v, s in zip(verdicts, samples, strict=True)],
+        "status": [v.status if s.finish_reason == "stop" else "truncated" for v, s in zip(verdicts, samples,
+                                                                                             strict=True)],
+        "extracted": [v.extracted for v in verdicts], "gold": [problems[i]["gold"] for i, _ in keys],
+    }
+    return pa.Table.from_pydict(cols, schema=SAMPLES)
+
+
+def collect(folder: Path, problems: list[dict], n: int) -> tuple[np.ndarray, list[list[str | None]], int]:
+    """[problems, n] correctness, extracted answers, and how many samples hit the token cap."""
+    index = {p["prompt_id"]: i for i, p in enumerate(problems)}
+    correct = np.zeros((len(problems), n), dtype=bool)
+    answers: list[list[str | None]] = [[None] * n for _ in problems]
+    capped = 0
+    for path in sorted(folder.glob("shard-p*.parquet")):
+        t = pq.read_table(path, columns=["prompt_id", "sample_idx", "correct", "extracted", "finish_reason"])
+        for pid, j, ok, ans, fin in zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True):
+            if pid in index and j < n:
+                correct[index[pid], j] = ok
+                answers[index[pid]][j] = normalise(ans) if ans is not None and fin == "stop" else None
+                capped += fin == "length"
+    return correct, answers, capped
+
+
+def run(config: EvalConfig, run_dir: Path, console: Console | None = None) -> dict:
+    console = console or Console()
+    if config.compare:
+        from gftrepro.compare import compare
+
+        return compare([Path(p) for p in config.compare], run_dir, console)
+    n = config.samples
+    benches = resolve_names(config.benchmarks)
+    loaded = {b.name: load_benchmark(b, config.benchmark_dir, config.limit) for b in benches}
+    for name, (problems, source) in loaded.items():
+        console.print(f"{name}: {len(problems)} problems from {source}")
+    model = resolve_model(config.model)
+    vdir = open_stage(run_dir, "eval", config, {"model": {"ref": model.ref, "fingerprint": model.fingerprint}},
+                      console)
+    jobs = {b.name: plan(loaded[b.name][0], bench_folder(vdir, b, config.limit), config.shard_size, n) for b in benches}
+    todo = sum(len(j) for j in jobs.values())
+    console.print(f"{len(benches)} benchmark(s), n = {n}: {todo} shards to sample"
+                  + (" (all samples present: nothing to sample)" if not todo else ""), soft_wrap=True)
+    started = time.perf_counter()
+    if todo:
+        draw(config, model, benches, loaded, jobs, vdir, console)
+    seconds = time.perf_counter() - started
+    return report(config, vdir, benches, loaded, n, seconds, console)
+
+
+def draw(config: EvalConfig, model, benches: list[Benchmark], loaded: dict, jobs: dict, vdir: store.VersionDir,
+         console: Console) -> None:
+    tokenizer = load_tokenizer(model)
+    params = SamplingParams(config.temperature, config.top_p, config.max_new_tokens,
+                            stop_token_ids(tokenizer, model.path, config.stop_tokens), False)
+    total = sum((min((k + 1) * config.shard_size, len(loaded[b][0])) - k * config.shard_size) * (e - s)
+                for b, js in jobs.items() for k, s, e in js)
+    verify = VerifyConfig(workers=config.workers, timeout=config.timeout)
+    with closing(make_backend(config, model, tokenizer)) as backend, \
+            DeadlinePool(judge, config.workers, config.timeout, preload=["math_verify", "gftrepro.verify"]) as pool, \
+            Progress(TextColumn("[bold]eval"), BarColumn(), TextColumn("{task.completed}/{task.total} samples"),
+                     TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
+        scorer = Scorer(verify, pool)
+        task = bar.add_task("eval", total=total)
+        for bench in benches:
+            problems, source = loaded[bench.name]
+            folder = bench_folder(vdir, bench, config.limit)
+            folder.mkdir(parents=True, exist_ok=True)
+            if not (folder / "problems.parquet").exists():
+                store.write_table(folder / "problems.parquet", pa.Table.from_pylist(problems),
+                                  {"source": source})
+            system = config.mc_system_prompt if bench.multiple_choice else config.system_prompt
+            prompts = [tokenizer(format_prompt(tokenizer, p["question"], system, config.prompt_template),
+                                 add_special_tokens=False)["input_ids"] for p in problems]
+            for job in jobs[bench.name]:
+                table = sample_block(backend, scorer, problems, prompts, job, config, params,
+                                     lambda done, _tokens: bar.update(task, advance=done))
+                k, start, end = job
+                store.write_table(folder / f"shard-p{k:05d}-s{start:05d}-{end:05d}.parquet", table)
+
+
+def report(config: EvalConfig, vdir: store.VersionDir, benches: list[Benchmark], loaded: dict, n: int,
+           seconds: float, console: Console) -> dict:
+    ks = ks_up_to(n, [config.pass_k])
+    per_bench, capped = {}, {}
+    for bench in benches:
+        correct, answers, capped[bench.name] = collect(bench_folder(vdir, bench, config.limit), loaded[bench.name][0],
+                                                       n)
+        per_bench[bench.name] = benchmark_metrics(correct, answers, ks)
+    metrics = {"n": n, "ks": ks, "benchmarks": per_bench, "average": macro_average(per_bench),
+               "capped_samples": capped, "model": config.model, "temperature": config.temperature,
+               "seconds_this_run": seconds}
+    store.atomic_write_json(vdir.path / f"metrics-n{n}.json", metrics)
+    table = metrics_table(metrics, f"eval {vdir.version}: {config.model}")
+    (vdir.path / f"report-n{n}.md").write_text(markdown_table(metrics, config.model))
+    from gftrepro.plots import passk_plot
+
+    passk_plot({config.model: metrics}, vdir.path / f"passk-n{n}.png")
+    manifest = {"stage": "eval", "version": vdir.version, "complete": True, "completed_at": store.now(),
+                "config": json.loads((vdir.path / store.CONFIG).read_text())["config"], "metrics": metrics,
+                "environment": store.environment()}
+    store.atomic_write_json(vdir.manifest_path, manifest)
+    console.print(table)
+    if any(capped.values()):
+        console.print(f"samples that hit the token cap (counted wrong): {capped}")
+    return manifest
+
+
+def metric_columns(metrics: dict) -> list[str]:
+    n, ks = metrics["n"], metrics["ks"]
+    return [f"avg@{n}"] + [f"pass@{k}" for k in ks] + [f"maj@{ks[-1]}"]
+
+
+def metrics_table(metrics: dict, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("benchmark")
+    columns = metric_columns(metrics)
+    for col in columns:
+        table.add_column(col, justify="right")
+    rows = list(metrics["benchmarks"].items())
+    if len(rows) > 1:
+        rows.append(("average (macro)", metrics["average"]))
+    for name, m in rows:
+        table.add_row(name, *(f"{100 * m[c]:.1f}" for c in columns))
+    return table
+
+
+def markdown_table(metrics: dict, model: str) -> str:
+    columns = metric_columns(metrics)
+    lines = [f"# eval: {model} (n = {metrics['n']}, temperature {metrics['temperature']})", "",
+             "| benchmark | problems | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+    for name, m in metrics["benchmarks"].items():
+        lines.append(f"| {name} | {m['problems']} | " + " | ".join(f"{100 * m[c]:.1f}" for c in columns) + " |")
+    if len(metrics["benchmarks"]) > 1:
+        lines.append("| average (macro) | | " + " | ".join(f"{100 * metrics['average'][c]:.1f}" for c in columns)
+                     + " |")
+    return "\n".join(lines) + "\n"
