@@ -48,3 +48,17 @@ def gft(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.
     if check and proc.returncode != 0:
         raise AssertionError(f"gft {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def kill_midway(args: list[str], root: Path, pattern: str, at_least: int = 1) -> None:
+    """Start ``gft *args``, SIGKILL it as soon as ``root.glob(pattern)`` finds ``at_least`` files."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "gftrepro.cli", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(root.glob(pattern))) < at_least and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

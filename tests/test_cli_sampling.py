@@ -1,15 +1,11 @@
 """The sampling stages through the real CLI, in subprocesses, as a user runs them."""
 
 import hashlib
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, gft
+from conftest import gft, kill_midway
 
 SMALL = ["--limit", "12", "--shard-size", "4", "--max-new-tokens", "16"]
 
@@ -110,13 +106,7 @@ def test_debug_flag_shows_the_traceback(tmp_path):
 def test_sigkill_mid_stage_then_resume_equals_uninterrupted(tmp_path):
     args = ["sample-teacher", "--limit", "48", "--shard-size", "4", "--max-new-tokens", "48", "--batch-size", "4"]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "gftrepro.cli", *args, "--run", str(killed)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(killed.glob("sample-teacher/*/shard-*.parquet"))) < 2:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_midway([*args, "--run", str(killed)], killed, "sample-teacher/*/shard-*.parquet", 2)
     v = only_version(killed, "sample-teacher")
     done_before = len(list(v.glob("shard-*.parquet")))
     assert 2 <= done_before < 12 and not (v / "manifest.json").exists()

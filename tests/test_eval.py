@@ -1,15 +1,11 @@
 """gft eval: benchmark readers on fixture extracts, the CLI, larger k reusing samples, resume, compare."""
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, gft
+from conftest import REPO, gft, kill_midway
 
 from gftrepro.benchmarks import REGISTRY, load_benchmark, resolve_names
 from gftrepro.errors import GftError
@@ -115,13 +111,7 @@ def test_sigkill_mid_eval_then_resume_equals_uninterrupted(tmp_path):
     args = ["eval", "--limit", "24", "--shard-size", "2", "--max-new-tokens", "32", "--pass-k", "4",
             "--batch-size", "8"]
     killed, fresh = tmp_path / "killed", tmp_path / "fresh"
-    proc = subprocess.Popen([sys.executable, "-m", "gftrepro.cli", *args, "--run", str(killed)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(killed.glob("eval/*/*/shard-p*.parquet"))) < 2:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_midway([*args, "--run", str(killed)], killed, "eval/*/*/shard-p*.parquet", 2)
     done = len(list(killed.glob("eval/*/*/shard-p*.parquet")))
     assert 2 <= done < 12 and not list(killed.glob("eval/*/manifest.json"))
     gft(*args, "--run", str(killed), check=True)

@@ -2,15 +2,13 @@
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, gft
+from conftest import REPO, gft, kill_midway
 from safetensors.torch import load_file
 
 from gftrepro.train import TrainConfig, backward_step, collate, tokenize
@@ -108,13 +106,7 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted(grouped_run, tmp_
     killed, fresh = tmp_path / "killed", tmp_path / "fresh"
     for run in (killed, fresh):
         shutil.copytree(grouped_run, run, ignore=shutil.ignore_patterns("train"))
-    proc = subprocess.Popen([sys.executable, "-m", "gftrepro.cli", *args, "--run", str(killed)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(killed.glob("train/*/checkpoint/trainer_state.json")):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_midway([*args, "--run", str(killed)], killed, "train/*/checkpoint/trainer_state.json")
     (v,) = (killed / "train").iterdir()
     assert (v / "checkpoint").exists() and not (v / "manifest.json").exists()
     resumed = gft(*args, "--run", str(killed), check=True)
