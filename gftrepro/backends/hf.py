@@ -1,10 +1,11 @@
 """The ``hf`` backend: batched ``transformers`` generation with per-sample seeds.
 
-``generate`` runs greedy decoding over a logits processor that does the sampling itself: for
-each row it applies temperature and top-p and draws with that row's own ``torch.Generator``
-seeded from (stage seed, prompt_id, sample_idx). A row's draws therefore never depend on the
-other rows of its batch. Batches are left-padded, use the KV cache, and hold requests sorted by
-prompt length so little compute goes to padding.
+``generate`` runs greedy decoding over a logits processor that does the sampling itself: it
+applies temperature and top-p and draws every row at once by inverse CDF, from uniforms that each
+row drew up front from its own ``torch.Generator`` seeded from (stage seed, prompt_id,
+sample_idx). A row's draws therefore never depend on the other rows of its batch. Batches are
+left-padded, use the KV cache, and hold requests sorted by prompt length so little compute goes
+to padding.
 """
 
 from __future__ import annotations
@@ -41,25 +42,32 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 class SeededSampler(LogitsProcessor):
-    """Draw each row's next token with its own generator; hand greedy search a one-hot choice."""
+    """Draw each row's next token from its own seeded stream; hand greedy search a one-hot choice.
 
-    def __init__(self, seeds: list[int], temperature: float, top_p: float, logprobs: bool):
-        self.seeds, self.temperature, self.top_p = seeds, temperature, top_p
-        self.generators: list[torch.Generator] | None = None
+    Each row's uniforms for every step are drawn up front from a ``torch.Generator`` seeded with
+    that row's seed; step t samples every row at once by inverse CDF (``searchsorted`` of u_t in
+    the row's cumulative probabilities). A row's tokens thus never depend on the other rows.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, logprobs: bool, steps: int):
+        self.temperature, self.top_p, self.record = temperature, top_p, logprobs
+        self.uniforms = torch.stack([torch.rand(steps, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+                                     for s in seeds])  # [B, steps]
+        self.step = 0
         self.steps: list[torch.Tensor] = []  # [B] log-prob of the chosen token, per step
-        self.record = logprobs
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         scores = scores.float()  # [B, V]
         if self.temperature == 0:
             choice = scores.argmax(-1)
         else:
-            if self.generators is None:
-                self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
             probs = torch.softmax(scores / self.temperature, dim=-1)
             if self.top_p < 1.0:
                 probs = top_p_filter(probs, self.top_p)
-            choice = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)])
+            cdf = probs.double().cumsum(-1)
+            u = self.uniforms[:, self.step].to(cdf.device) * cdf[:, -1]  # top-p mass need not sum to 1
+            choice = torch.searchsorted(cdf, u[:, None], right=True).squeeze(1).clamp_(max=scores.shape[1] - 1)
+        self.step += 1
         if self.record:
             self.steps.append(torch.log_softmax(scores, -1).gather(1, choice[:, None]).squeeze(1).cpu())
         out = torch.full_like(scores, float("-inf"))
@@ -101,7 +109,7 @@ class HFBackend:
         stop = set(params.stop_token_ids)
         if cap == 0:
             return [Sample([], "", "length", [] if params.logprobs else None) for _ in batch]
-        sampler = SeededSampler([r.seed for r in batch], params.temperature, params.top_p, params.logprobs)
+        sampler = SeededSampler([r.seed for r in batch], params.temperature, params.top_p, params.logprobs, cap)
         out = self.model.generate(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
             logits_processor=LogitsProcessorList([sampler]), do_sample=False, max_new_tokens=cap,
