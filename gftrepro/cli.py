@@ -169,6 +169,24 @@ def register() -> None:
 register()
 
 
+@app.command("run")
+def run_all(
+    config: Path | None = typer.Option(None, "--config", "-c", help="whole-run YAML: methods, seeds, stage sections"),
+    run: Path = typer.Option(DEFAULT_RUN, "--run", "--run-dir", help="run folder"),
+    methods: str | None = typer.Option(None, "--methods", help="comma-separated [default: 'sft,dft,gft']"),
+    seeds: int | None = typer.Option(None, "--seeds", help="seeds per method [default: 1]"),
+) -> None:
+    """Run every stage: sample, verify, build groups, train each method, evaluate, compare."""
+
+    def body() -> None:
+        from gftrepro import pipeline
+
+        overrides = {k: v for k, v in {"methods": methods, "seeds": seeds}.items() if v is not None}
+        pipeline.run(pipeline.run_config(config, overrides), pipeline.stage_configs(config), run)
+
+    guarded(body)
+
+
 @app.command("status")
 def status(run: Path = typer.Option(DEFAULT_RUN, "--run", help="run folder")) -> None:
     """Where a run stands: each stage's versions, complete / partial / missing (manifests only)."""

@@ -37,3 +37,27 @@ def passk_plot(by_model: dict[str, dict], path: Path) -> None:
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
+
+
+def training_plot(curves: dict[str, list[dict]], path: Path) -> None:
+    """Loss and mean policy entropy per optimizer step, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.3))
+    for method, metrics in curves.items():
+        steps = [m["step"] for m in metrics]
+        axes[0].plot(steps, [m["loss"] for m in metrics], label=method)
+        axes[1].plot(steps, [m["entropy"] for m in metrics], label=method)
+    for ax, title in zip(axes, ("training loss", "mean policy entropy (response tokens)"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

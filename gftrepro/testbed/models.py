@@ -1,16 +1,22 @@
-"""The embedded tiny models: real ``transformers`` causal LMs, built locally, no hub needed.
+"""The embedded tiny models: real ``transformers`` causal LMs, built and trained locally, no hub.
 
-- Tokenizer: byte-level BPE with no merges (every byte is a token, so any text round-trips),
-  plus ChatML special tokens and a Qwen2.5-style chat template. EOS is ``<|im_end|>``;
-  ``<|endoftext|>`` is the pad token and a second stop token, as in Qwen2.5 instruct models.
-- Models: ``LlamaForCausalLM`` with head_dim 32 (vLLM rejects head_dim 16). The teacher is
-  wider and deeper than the student.
+- Tokenizer: byte-level BPE (384 tokens) trained on the bundled train split in chat format, with
+  digits always split one per token (arithmetic stays digit-wise), ChatML special tokens and a
+  Qwen2.5-style chat template. EOS is ``<|im_end|>``; ``<|endoftext|>`` is the pad token and a
+  second stop token, as in Qwen2.5 instruct models.
+- Models: ``LlamaForCausalLM`` with head_dim 32 (vLLM rejects head_dim 16), trained by SFT
+  (``gftrepro.losses.token_loss``, method ``sft``) on the train split with the Qwen math system
+  prompt, as the pipeline prompts them. The **teacher** (hidden 128 x 4 layers) sees every
+  problem with its canonical solution and two solutions in random valid step orders, for longer:
+  it is right most of the time and varies its solutions. The **student** (hidden 64 x 2 layers)
+  sees canonical solutions only, briefly: it is right some of the time. The held-out test split
+  is never trained on.
 
-For the sampling stages the weights are randomly initialised from a fixed seed. A model is built
-on first use into ``$GFT_CACHE`` (default ``~/.cache/gft``) under a name that includes a hash of
-its recipe, via a temporary folder renamed into place, so concurrent first uses are safe and a
-changed recipe never reuses an old build. Referenced in configs as ``testbed:teacher`` and
-``testbed:student``.
+The builds are committed in ``data/models/<name>-<recipe hash>/`` (about 4 MB), made by
+``python -m gftrepro.testbed.models --out data/models`` (about 10 minutes on a 2-core CPU). When
+the recipe changes, its hash changes, the committed folder no longer matches, and the model is
+built on first use into ``$GFT_CACHE`` (default ``~/.cache/gft``) instead, via a temporary folder
+renamed into place. Referenced in configs as ``testbed:teacher`` and ``testbed:student``.
 """
 
 from __future__ import annotations
@@ -31,14 +37,17 @@ CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
-MODEL_SPECS: dict[str, dict[str, int]] = {
+MODEL_SPECS: dict[str, dict[str, int | float]] = {
     "teacher": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-                "intermediate_size": 384, "seed": 1},
+                "intermediate_size": 384, "seed": 1, "steps": 3000, "lr": 3e-3, "variants": 2},
     "student": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                "intermediate_size": 192, "seed": 2},
+                "intermediate_size": 192, "seed": 2, "steps": 1500, "lr": 3e-3, "variants": 0},
 }
+ARCH_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+VOCAB_SIZE = 384
+BATCH = 32
 MAX_POSITIONS = 1024
-RECIPE_VERSION = 1  # bump when the build below changes
+RECIPE_VERSION = 2  # bump when the build below changes
 
 
 def cache_root() -> Path:
@@ -46,38 +55,93 @@ def cache_root() -> Path:
 
 
 def recipe_hash(name: str) -> str:
-    recipe = {"spec": MODEL_SPECS[name], "template": CHAT_TEMPLATE, "v": RECIPE_VERSION}
+    from gftrepro.testbed.task import SEED
+
+    recipe = {"spec": MODEL_SPECS[name], "template": CHAT_TEMPLATE, "v": RECIPE_VERSION, "data_seed": SEED,
+              "vocab": VOCAB_SIZE}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def chat_pairs(variants: int, seed: int) -> list[tuple[str, str]]:
+    """(prompt, response) texts of the train split as the pipeline formats them."""
+    import json
+    import random
+
+    from gftrepro.models import QWEN_MATH_COT
+    from gftrepro.problems import BUNDLED
+    from gftrepro.testbed.task import varied_solution
+
+    rng = random.Random(seed)
+    pairs = []
+    with open(BUNDLED["testbed"] / "train.jsonl", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            prompt = (f"<|im_start|>system\n{QWEN_MATH_COT}<|im_end|>\n<|im_start|>user\n{row['problem']}<|im_end|>\n"
+                      "<|im_start|>assistant\n")
+            pairs.append((prompt, row["solution"] + "<|im_end|>"))
+            pairs.extend((prompt, varied_solution(row["problem"], rng) + "<|im_end|>") for _ in range(variants))
+    return pairs
+
+
 def build_tokenizer():
-    """Byte-level tokenizer: 256 byte tokens, then the special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    """Byte-level BPE trained on the chat-formatted train split; digits one per token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    byte_chars = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {ch: i for i, ch in enumerate(sorted(byte_chars))}
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                  pre_tokenizers.ByteLevel(add_prefix_space=False)])
     core.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>"],
-    )
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator((p + r for p, r in chat_pairs(0, 0)), trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  additional_special_tokens=["<|im_start|>"])
     tok.chat_template = CHAT_TEMPLATE
     tok.model_max_length = MAX_POSITIONS
     return tok
+
+
+def train_sft(model, tokenizer, name: str) -> None:
+    """Plain SFT with the pipeline's own loss: AdamW, 5% warmup + cosine, batches of 32."""
+    import random
+
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    from gftrepro.logprobs import Policy
+    from gftrepro.losses import token_loss
+    from gftrepro.train import Example, collate
+
+    spec = MODEL_SPECS[name]
+    steps = int(spec["steps"])
+    examples = []
+    for i, (prompt, response) in enumerate(chat_pairs(int(spec["variants"]), int(spec["seed"]))):
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        r = tokenizer(response, add_special_tokens=False)["input_ids"]
+        examples.append(Example(p + r, len(p), 1.0, "expert", i))
+    policy = Policy(model)
+    opt = torch.optim.AdamW(policy.parameters(), lr=float(spec["lr"]), betas=(0.9, 0.95), weight_decay=0.0)
+    sched = get_cosine_schedule_with_warmup(opt, max(1, steps // 20), steps)
+    rng = random.Random(int(spec["seed"]))
+    model.train()
+    for _ in range(steps):
+        b = collate(rng.sample(examples, BATCH), tokenizer.pad_token_id, torch.device("cpu"))
+        lp, _ = policy(b["input_ids"], b["attention_mask"], b["response_mask"])
+        token_loss(lp, b["response_mask"], None, method="sft").backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    model.eval()
 
 
 def build_model(name: str, vocab_size: int, eos_ids: list[int], pad_id: int):
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    spec = dict(MODEL_SPECS[name])
-    seed = spec.pop("seed")
+    spec = {k: int(MODEL_SPECS[name][k]) for k in ARCH_KEYS}
+    seed = int(MODEL_SPECS[name]["seed"])
     config = LlamaConfig(
         vocab_size=vocab_size,
         max_position_embeddings=MAX_POSITIONS,
@@ -93,11 +157,23 @@ def build_model(name: str, vocab_size: int, eos_ids: list[int], pad_id: int):
     return model
 
 
+COMMITTED = Path(__file__).resolve().parents[2] / "data" / "models"
+
+
 def ensure_model(name: str) -> Path:
-    """Return the folder of testbed model ``name``, building it on first use."""
+    """The folder of testbed model ``name``: the committed build if its recipe matches, else a
+    build in the cache (trained on first use)."""
     if name not in MODEL_SPECS:
         raise GftError(f"unknown testbed model 'testbed:{name}' (known: {', '.join(MODEL_SPECS)})")
-    final = cache_root() / "testbed" / f"{name}-{recipe_hash(name)}"
+    committed = COMMITTED / f"{name}-{recipe_hash(name)}"
+    if (committed / "config.json").exists():
+        return committed
+    return build(name, cache_root() / "testbed")
+
+
+def build(name: str, parent: Path) -> Path:
+    """Build and train ``name`` into ``parent/<name>-<recipe hash>`` (temporary folder, then rename)."""
+    final = parent / f"{name}-{recipe_hash(name)}"
     if (final / "config.json").exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -106,8 +182,10 @@ def ensure_model(name: str) -> Path:
         tok = build_tokenizer()
         eos_ids = tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
         model = build_model(name, len(tok), eos_ids, tok.pad_token_id)
+        train_sft(model, tok, name)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        (tmp / "recipe.json").write_text(json.dumps({"name": name, **MODEL_SPECS[name], "v": RECIPE_VERSION}))
         try:
             os.replace(tmp, final)
         except OSError:  # another process finished first: its build is identical
@@ -116,3 +194,13 @@ def ensure_model(name: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Build and train the testbed models (committed: --out data/models)")
+    ap.add_argument("--out", type=Path, default=None, help="parent folder (default: the cache)")
+    args = ap.parse_args()
+    for model_name in MODEL_SPECS:
+        print(model_name, build(model_name, args.out or cache_root() / "testbed"))

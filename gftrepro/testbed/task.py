@@ -1,8 +1,8 @@
 """The bundled task: multi-step integer arithmetic with a verifiable answer in ``\\boxed{}``.
 
-Each problem is a random expression tree over small integers with ``+``, ``-`` and ``*``
-("Compute (12 + 7) * 3 - 15."). Every internal node is one step ``a op b = c``; a valid
-solution writes the steps in any order in which each step's operands are already known, so
+Each problem is a random expression tree over the integers 1-9 with ``+``, ``-`` and ``*``
+("Compute (2 + 7) * 3 - 5."; a product's operands stay within 81). Every internal node is one
+step ``a op b = c``; a valid solution writes the steps in any order in which each step's operands are already known, so
 the same problem has several correct worked solutions. The expert (dataset) solution is the
 canonical one: post-order, left operand first.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +42,11 @@ def apply(op: str, a: int, b: int) -> int:
 
 def random_tree(rng: random.Random, leaves: int) -> Node:
     if leaves == 1:
-        return Node(rng.randint(1, 20))
+        return Node(rng.randint(1, 9))
     k = rng.randint(1, leaves - 1)
     left, right = random_tree(rng, k), random_tree(rng, leaves - k)
     op = rng.choice(OPS)
-    if op == "*" and abs(left.value * right.value) > 400:
+    if op == "*" and abs(left.value * right.value) > 81:
         op = rng.choice(("+", "-"))
     return Node(apply(op, left.value, right.value), op, left, right)
 
@@ -68,6 +69,62 @@ def steps_postorder(node: Node) -> list[Node]:
     return steps_postorder(node.left) + steps_postorder(node.right) + [node]
 
 
+def steps_any_order(node: Node, rng: random.Random) -> list[Node]:
+    """Internal nodes in a random order in which every step's operands are already known."""
+    done: set[int] = set()
+    order: list[Node] = []
+    internal = steps_postorder(node)
+    while len(order) < len(internal):
+        ready = [s for s in internal if id(s) not in done and all(c.op is None or id(c) in done
+                                                                  for c in (s.left, s.right))]
+        pick = rng.choice(ready)
+        done.add(id(pick))
+        order.append(pick)
+    return order
+
+
+def parse(expression: str) -> Node:
+    """The expression tree of a problem's text (our own format: integers, + - *, parentheses)."""
+    tokens = re.findall(r"\d+|[()+*-]", expression)
+    pos = 0
+
+    def atom() -> Node:
+        nonlocal pos
+        tok = tokens[pos]
+        pos += 1
+        if tok == "(":
+            node = expr()
+            pos += 1  # ")"
+            return node
+        return Node(int(tok))
+
+    def term() -> Node:
+        nonlocal pos
+        node = atom()
+        while pos < len(tokens) and tokens[pos] == "*":
+            pos += 1
+            right = atom()
+            node = Node(node.value * right.value, "*", node, right)
+        return node
+
+    def expr() -> Node:
+        nonlocal pos
+        node = term()
+        while pos < len(tokens) and tokens[pos] in "+-":
+            op = tokens[pos]
+            pos += 1
+            right = term()
+            node = Node(apply(op, node.value, right.value), op, node, right)
+        return node
+
+    return expr()
+
+
+def varied_solution(problem: str, rng: random.Random) -> str:
+    """A valid worked solution in a random step order (the teacher's varied styles)."""
+    return write_solution(steps_any_order(parse(problem.removeprefix("Compute ").removesuffix(".")), rng))
+
+
 def write_solution(steps: list[Node]) -> str:
     lines = [f"{s.left.value} {s.op} {s.right.value} = {s.value}" for s in steps]
     lines.append(f"The answer is \\boxed{{{steps[-1].value}}}.")
@@ -75,7 +132,7 @@ def write_solution(steps: list[Node]) -> str:
 
 
 def make_problem(rng: random.Random) -> dict[str, str]:
-    tree = random_tree(rng, rng.randint(2, 4))
+    tree = random_tree(rng, rng.randint(2, 3))
     return {
         "problem": f"Compute {render(tree)}.",
         "solution": write_solution(steps_postorder(tree)),

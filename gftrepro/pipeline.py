@@ -1,0 +1,187 @@
+"""``gft run``: every stage in order, each method trained and evaluated, one comparison table.
+
+    gft run                                              # embedded default: SFT vs DFT vs GFT, CPU
+    gft run --methods sft,dft,gft,gft-no-dcr,gft-no-gal --seeds 3
+    gft run --config stages/run.yaml                     # one file describes the whole run
+
+Chain: sample-teacher -> sample-self -> verify -> build-groups -> train (each method, each seed)
+-> eval (the base model and every trained one). Each stage is the same code as its command and
+reuses complete versions, so a second ``gft run`` does no work and prints the same table; a
+killed run resumes where it stopped.
+
+The config file holds ``methods``, ``seeds``, and one section per stage (``sample-teacher:``,
+``sample-self:``, ``verify:``, ``build-groups:``, ``train:``, ``eval:``) with that stage's keys.
+Seeds vary training (data order) and the evaluation's sampling; the sampled groups are shared.
+
+Output: ``<run>/summary/summary.md`` (the table), ``training.png`` (loss and entropy per step,
+per method), ``passk.png`` (pass@k per method), printed as a table at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from gftrepro import config as cfg
+from gftrepro.build_groups import BuildGroupsConfig
+from gftrepro.config import opt
+from gftrepro.errors import GftError
+from gftrepro.evaluate import EvalConfig
+from gftrepro.losses import METHODS
+from gftrepro.sample import SELF_DEFAULTS, SampleConfig
+from gftrepro.store import atomic_write_bytes
+from gftrepro.train import TrainConfig
+from gftrepro.verify_stage import VerifyConfig
+
+SECTIONS: dict[str, tuple[type, dict[str, Any]]] = {
+    "sample-teacher": (SampleConfig, {}),
+    "sample-self": (SampleConfig, SELF_DEFAULTS),
+    "verify": (VerifyConfig, {}),
+    "build-groups": (BuildGroupsConfig, {}),
+    "train": (TrainConfig, {"kl_every": 8}),
+    "eval": (EvalConfig, {"pass_k": 64, "limit": 200, "batch_size": 256, "max_new_tokens": 64}),
+}
+REPORT_KS = (1, 4, 16, 64)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    methods: list[str] = opt(["sft", "dft", "gft"], "methods to train and compare")
+    seeds: int = opt(1, "seeds per method (training data order and evaluation sampling)")
+
+    def validate(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise GftError(f"unknown method '{bad[0] if bad else ''}' (known: {', '.join(METHODS)})")
+        if self.seeds < 1:
+            raise GftError("seeds must be at least 1")
+
+
+def stage_configs(path: Path | None) -> dict[str, Any]:
+    """One resolved config per stage, from the file's sections over the run defaults."""
+    data = cfg.read_yaml(path) if path is not None else {}
+    unknown = [k for k in data if k not in SECTIONS and k not in [f.name for f in dataclasses.fields(RunConfig)]]
+    if unknown:
+        raise GftError(f"unknown config key '{unknown[0]}' in {path} (stage sections: {', '.join(SECTIONS)})")
+    out = {}
+    for name, (cls, defaults) in SECTIONS.items():
+        section = data.get(name) or {}
+        if not isinstance(section, dict):
+            raise GftError(f"section '{name}' of {path} must be a mapping of keys to values")
+        cfg.check_keys(cls, section, f"section '{name}' of {path}")
+        out[name] = cfg.build(cls, defaults, section)
+        out[name].validate()
+    return out
+
+
+def run_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
+    data = cfg.read_yaml(path) if path is not None else {}
+    top = {k: v for k, v in data.items() if k not in SECTIONS}
+    config = cfg.build(RunConfig, top, overrides)
+    config.validate()
+    return config
+
+
+def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Console | None = None) -> dict:
+    from gftrepro import build_groups, evaluate, sample, train, verify_stage
+
+    console = console or Console()
+    sample.run(stages["sample-teacher"], run_dir, "teacher", console)
+    sample.run(stages["sample-self"], run_dir, "self", console)
+    verify_stage.run(stages["verify"], run_dir, console)
+    groups = build_groups.run(stages["build-groups"], run_dir, console)
+    student = stages["sample-self"].model
+    results: dict[str, list[dict]] = {"base": []}
+    curves: dict[str, list[dict]] = {}
+    for seed in range(stages["train"].seed, stages["train"].seed + config.seeds):
+        base_eval = dataclasses.replace(stages["eval"], model=student, seed=seed)
+        results["base"].append({"eval": evaluate.run(base_eval, run_dir, console)["metrics"], "train": None})
+        for method in config.methods:
+            tcfg = dataclasses.replace(stages["train"], method=method, seed=seed,
+                                       build_groups_version=groups["version"], model=student)
+            manifest = train.run(tcfg, run_dir, console)
+            model_dir = run_dir / "train" / manifest["version"] / "model"
+            metrics = [json.loads(x) for x in (model_dir.parent / "metrics.jsonl").read_text().splitlines() if x]
+            curves.setdefault(method, metrics)
+            ecfg = dataclasses.replace(stages["eval"], model=str(model_dir), seed=seed)
+            results.setdefault(method, []).append({"eval": evaluate.run(ecfg, run_dir, console)["metrics"],
+                                                   "train": metrics})
+    signal_share = groups["summary"]["groups_out"] / max(groups["summary"]["prompts_in"], 1)
+    rows = summary_rows(results, signal_share)
+    write_outputs(run_dir / "summary", rows, results, curves, config)
+    console.print(summary_table(rows, config))
+    return {"rows": rows}
+
+
+def summary_rows(results: dict[str, list[dict]], signal_share: float) -> list[dict]:
+    """Mean and spread over seeds of each reported metric, per model."""
+    rows = []
+    for name, runs in results.items():
+        n = runs[0]["eval"]["n"]
+        values: dict[str, list[float]] = {}
+        for r in runs:
+            avg = r["eval"]["average"]
+            values.setdefault(f"avg@{n}", []).append(avg[f"avg@{n}"])
+            for k in REPORT_KS:
+                if f"pass@{k}" in avg:
+                    values.setdefault(f"pass@{k}", []).append(avg[f"pass@{k}"])
+            if r["train"]:
+                last = r["train"][-1]
+                values.setdefault("entropy", []).append(last["entropy"])
+                kls = [m["kl_ref"] for m in r["train"] if "kl_ref" in m]
+                if kls:
+                    values.setdefault("kl_to_base", []).append(kls[-1])
+        row = {"model": name, "seeds": len(runs),
+               "groups_with_signal": signal_share if name.startswith("gft") and name != "gft-no-gal" else None}
+        for key, vals in values.items():
+            row[key] = (float(np.mean(vals)), float(np.std(vals)) if len(vals) > 1 else None)
+        rows.append(row)
+    return rows
+
+
+def cell(value: Any, percent: bool) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{100 * value:.1f}%" if percent else f"{value:.3f}"
+    mean, spread = value
+    scale = 100 if percent else 1
+    text = f"{scale * mean:.1f}" if percent else f"{mean:.4f}"
+    return text if spread is None else text + (f" ± {scale * spread:.1f}" if percent else f" ± {spread:.4f}")
+
+
+def columns(rows: list[dict]) -> list[tuple[str, bool]]:
+    keys = [k for k in rows[0] if k.startswith(("avg@", "pass@"))]
+    return [(k, True) for k in keys] + [("entropy", False), ("kl_to_base", False), ("groups_with_signal", True)]
+
+
+def summary_table(rows: list[dict], config: RunConfig) -> Table:
+    table = Table(title=f"gft run: held-out accuracy (%), {config.seeds} seed(s)")
+    table.add_column("model")
+    cols = columns(rows)
+    for key, _ in cols:
+        table.add_column(key, justify="right")
+    for r in rows:
+        table.add_row(r["model"], *(cell(r.get(k), pct) for k, pct in cols))
+    return table
+
+
+def write_outputs(folder: Path, rows: list[dict], results: dict, curves: dict, config: RunConfig) -> None:
+    from gftrepro.plots import passk_plot, training_plot
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cols = columns(rows)
+    lines = ["| model | " + " | ".join(k for k, _ in cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += ["| " + r["model"] + " | " + " | ".join(cell(r.get(k), p) for k, p in cols) + " |" for r in rows]
+    note = f"\nmethods {', '.join(config.methods)}; {config.seeds} seed(s); mean ± std over seeds.\n"
+    atomic_write_bytes(folder / "summary.md", ("\n".join(lines) + "\n" + note).encode())
+    atomic_write_bytes(folder / "summary.json", json.dumps(rows, indent=1).encode())
+    passk_plot({name: runs[0]["eval"] for name, runs in results.items()}, folder / "passk.png")
+    training_plot(curves, folder / "training.png")

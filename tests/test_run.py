@@ -1,0 +1,69 @@
+"""gft run: the whole chain through the CLI on a small config, a second run doing no work, seeds."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from conftest import gft
+
+SMALL = """
+methods: [sft, gft]
+seeds: {seeds}
+sample-teacher: {{limit: 12, shard_size: 6, max_new_tokens: 48}}
+sample-self: {{limit: 12, shard_size: 6, max_new_tokens: 48, n: 4}}
+build-groups: {{keep_zero_variance: true}}
+train: {{batch_size: 8, max_steps: 3, kl_every: 1}}
+eval: {{limit: 8, pass_k: 4, max_new_tokens: 48, shard_size: 8}}
+"""
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_run_chains_every_stage_then_does_no_work(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(SMALL.format(seeds=1))
+    run = tmp_path / "run"
+    first = gft("run", "--config", str(config), "--run", str(run), check=True)
+    for stage in ("sample-teacher", "sample-self", "verify", "build-groups", "train", "eval"):
+        assert list((run / stage).glob("*/manifest.json")), stage
+    assert len(list((run / "train").glob("*/manifest.json"))) == 2
+    summary = (run / "summary" / "summary.md").read_text()
+    for name in ("base", "sft", "gft"):
+        assert f"| {name} |" in summary
+    assert "pass@4" in summary and "kl_to_base" in summary
+    assert (run / "summary" / "passk.png").exists() and (run / "summary" / "training.png").exists()
+    rows = json.loads((run / "summary" / "summary.json").read_text())
+    assert [r["model"] for r in rows] == ["base", "sft", "gft"]
+    before = {k: v for k, v in digest(run).items() if not k.startswith("summary/")}
+    second = gft("run", "--config", str(config), "--run", str(run), check=True)
+    assert second.stdout.count("nothing to") >= 6
+    assert {k: v for k, v in digest(run).items() if not k.startswith("summary/")} == before
+    table = [line for line in first.stdout.splitlines() if "│ gft " in line or "│ sft " in line]
+    assert table and all(line in second.stdout for line in table)  # the same table again
+
+
+def test_two_seeds_report_a_spread(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(SMALL.format(seeds=2))
+    out = gft("run", "--config", str(config), "--run", str(tmp_path / "run"), "--methods", "gft", check=True)
+    rows = json.loads((tmp_path / "run" / "summary" / "summary.json").read_text())
+    gft_row = next(r for r in rows if r["model"] == "gft")
+    assert gft_row["seeds"] == 2 and gft_row["entropy"][1] is not None
+    assert "±" in out.stdout
+
+
+@pytest.mark.parametrize(("text", "extra", "message"), [
+    ("methods: [sft, ppo]\n", [], "unknown method 'ppo'"),
+    ("train: {learning_rate: 1}\n", [], "unknown config key 'learning_rate' in section 'train'"),
+    ("evaluation: {}\n", [], "unknown config key 'evaluation'"),
+    ("", ["--seeds", "0"], "seeds must be at least 1"),
+])
+def test_bad_run_configs(tmp_path, text, extra, message):
+    config = tmp_path / "run.yaml"
+    config.write_text(text)
+    proc = gft("run", "--config", str(config), "--run", str(tmp_path / "run"), *extra)
+    assert proc.returncode == 2 and message in proc.stderr
