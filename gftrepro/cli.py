@@ -187,6 +187,33 @@ def run_all(
     guarded(body)
 
 
+@app.command("plan")
+def plan(
+    config: Path = typer.Option(..., "--config", "-c", help="whole-run YAML (as for gft run)"),
+    run: Path = typer.Option(DEFAULT_RUN, "--run", "--run-dir", help="run folder to check for complete stages"),
+    mean_new_tokens: float = typer.Option(600.0, help="assumed mean generated tokens per sample"),
+    mean_prompt_tokens: float = typer.Option(200.0, help="assumed mean prompt tokens per training sequence"),
+    gen_tok_s: float = typer.Option(15_000.0, help="assumed vLLM tokens/s per GPU for a 1.5B model (scaled by size)"),
+    gpu_gb: float = typer.Option(80.0, help="GPU memory in GB"),
+) -> None:
+    """Plan a run without loading any model: stages, samples, tokens, GPU-hours, memory."""
+
+    def body() -> None:
+        from gftrepro import pipeline
+        from gftrepro import plan as planner
+
+        run_cfg, stages = pipeline.run_config(config, {}), pipeline.stage_configs(config)
+        a = planner.Assumptions(mean_new_tokens, mean_prompt_tokens, gen_tok_s, gpu_gb)
+        notes = [planner.memory_note(stages["sample-self"].model, a),
+                 f"assumptions: {mean_new_tokens:.0f} new tokens per sample, {mean_prompt_tokens:.0f} prompt "
+                 f"tokens per training sequence, generation {gen_tok_s:,.0f} tok/s per GPU for 1.5B (scaled by "
+                 f"1.5 / params), training {planner.TRAIN_TOK_S_1P5B:,} tok/s per H100 for 1.54B (measured, scaled "
+                 "by 1.54 / params)"]
+        planner.show(planner.plan_rows(run_cfg, stages, run, a), notes, Console())
+
+    guarded(body)
+
+
 @app.command("status")
 def status(run: Path = typer.Option(DEFAULT_RUN, "--run", help="run folder")) -> None:
     """Where a run stands: each stage's versions, complete / partial / missing (manifests only)."""

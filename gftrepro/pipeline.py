@@ -116,7 +116,7 @@ def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Conso
     signal_share = groups["summary"]["groups_out"] / max(groups["summary"]["prompts_in"], 1)
     rows = summary_rows(results, signal_share)
     write_outputs(run_dir / "summary", rows, results, curves, config)
-    console.print(summary_table(rows, config), width=max(console.width, 130))
+    Console(width=max(console.width, 130), file=console.file).print(summary_table(rows, config))
     return {"rows": rows}
 
 

@@ -44,6 +44,10 @@ def test_run_chains_every_stage_then_does_no_work(tmp_path):
     assert {k: v for k, v in digest(run).items() if not k.startswith("summary/")} == before
     table = [line for line in first.stdout.splitlines() if "│ gft " in line or "│ sft " in line]
     assert table and all(line in second.stdout for line in table)  # the same table again
+    plan = gft("plan", "--config", str(config), "--run", str(run), check=True).stdout
+    for stage in ("sample-teacher", "sample-self", "verify", "build-groups", "train sft", "train gft"):
+        line = next(x for x in plan.splitlines() if f"│ {stage} " in x)
+        assert "complete (" in line, line
 
 
 def test_two_seeds_report_a_spread(tmp_path):

@@ -1,0 +1,155 @@
+"""``gft plan --config RUN.yaml``: what a run will do and cost, before it spends GPU-days.
+
+Loads no model and no dataset: it resolves the whole-run config (as ``gft run`` does), finds
+which stages already have a complete version with exactly this config in the run folder, and
+estimates from stated assumptions (each overridable by a flag):
+
+- generated tokens = samples x ``--mean-new-tokens`` (default 600: an assumption for math
+  chain-of-thought; ``gft eval``/sampling record the real ``completion_tokens`` after a first run);
+- trained tokens = training sequences x (``--mean-prompt-tokens`` + mean new tokens) x epochs;
+- GPU-hours: generation at ``--gen-tok-s`` x (1.5 / params in B) tokens/s per GPU (default 15,000
+  for a 1.5B model: an assumption, vLLM was not measurable here); training at 16,912 x (1.54 /
+  params in B) tokens/s per H100 (measured: benchmarks/RESULTS.md, Qwen2-1.5B-shaped, bf16);
+- memory: full fine-tuning with AdamW in mixed precision takes about 16 bytes per parameter
+  (fp32 weights, gradients, two moments); above 80% of one GPU it says to use FSDP.
+
+Train and eval rows count as complete only through their upstream versions (a complete train
+version whose build-groups input is this run's); eval completeness is not checked (its samples
+are reused by ``gft eval`` anyway).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from gftrepro import config as cfg
+from gftrepro import store
+from gftrepro.recipes import MODELS, TEACHER
+
+PARAMS_B = {f.hub: f.params_b for f in MODELS} | {TEACHER: 72.7, "testbed:teacher": 0.0009,
+                                                  "testbed:student": 0.00012}
+TRAIN_TOK_S_1P5B = 16_912  # measured on one H100 (benchmarks/RESULTS.md)
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    mean_new_tokens: float = 600.0
+    mean_prompt_tokens: float = 200.0
+    gen_tok_s: float = 15_000.0  # per GPU for a 1.5B model
+    gpu_gb: float = 80.0
+
+
+def params_of(model: str) -> float | None:
+    return PARAMS_B.get(model)
+
+
+def complete_with(run_dir: Path, stage: str, config: Any, inputs: dict[str, Any] | None = None) -> str | None:
+    """A complete version of ``stage`` with this config and, where given, these upstream versions."""
+    wanted = cfg.to_dict(config)
+    for v in store.versions(run_dir, stage):
+        if not v.is_complete():
+            continue
+        stored = json.loads((v.path / store.CONFIG).read_text())
+        same = all(stored["config"].get(k) == val for k, val in wanted.items()
+                   if k not in ("shard_index", "num_shards"))
+        if same and all(stored["inputs"].get(k) == val for k, val in (inputs or {}).items()):
+            return v.version
+    return None
+
+
+def chain(run_dir: Path, stages: dict[str, Any]) -> dict[str, str | None]:
+    """Complete versions of the data stages that match this run, following their inputs."""
+    done: dict[str, str | None] = {s: complete_with(run_dir, s, stages[s]) for s in ("sample-teacher", "sample-self")}
+    ups = {"sample-teacher": done["sample-teacher"], "sample-self": done["sample-self"]}
+    done["verify"] = complete_with(run_dir, "verify", stages["verify"], ups) if all(ups.values()) else None
+    done["build-groups"] = complete_with(run_dir, "build-groups", stages["build-groups"],
+                                         {"verify": done["verify"]}) if done["verify"] else None
+    return done
+
+
+def gpu_hours_gen(tokens: float, model: str, a: Assumptions) -> float | None:
+    p = params_of(model)
+    return None if p is None else tokens / (a.gen_tok_s * 1.5 / max(p, 1e-3)) / 3600
+
+
+def plan_rows(run: Any, stages: dict[str, Any], run_dir: Path, a: Assumptions) -> list[dict]:
+    done = chain(run_dir, stages)
+    rows = []
+    for source in ("teacher", "self"):
+        c = stages[f"sample-{source}"]
+        samples = c.limit * c.n
+        tokens = samples * a.mean_new_tokens
+        rows.append({"stage": f"sample-{source}", "model": c.model, "work": f"{c.limit:,} prompts x {c.n}",
+                     "samples": samples, "tokens": tokens, "gpu_h": gpu_hours_gen(tokens, c.model, a),
+                     "done": done[f"sample-{source}"]})
+    g = stages["build-groups"]
+    st, ss = stages["sample-teacher"], stages["sample-self"]
+    rows.append({"stage": "verify", "model": "-", "work": f"{st.limit * (st.n + 1) + ss.limit * ss.n:,} answers",
+                 "samples": None, "tokens": None, "gpu_h": 0.0, "done": done["verify"]})
+    rows.append({"stage": "build-groups", "model": "-", "work": f"K = {g.k} ({g.n_expert}:{g.n_teacher}:{g.n_self})",
+                 "samples": None, "tokens": None, "gpu_h": 0.0, "done": done["build-groups"]})
+    t = stages["train"]
+    p = params_of(ss.model)
+    for method in run.methods:
+        trained = complete_with(run_dir, "train", dataclasses.replace(t, method=method),
+                                {"build-groups": done["build-groups"]}) if done["build-groups"] else None
+        sequences = ss.limit * g.k if method in ("gft", "gft-no-dcr") else ss.limit * (1 if method != "sft-mix" else
+                                                                                        1 + st.n)
+        tokens = sequences * (a.mean_prompt_tokens + a.mean_new_tokens) * t.epochs
+        hours = None if p is None else tokens / (TRAIN_TOK_S_1P5B * 1.54 / max(p, 1e-3)) / 3600
+        rows.append({"stage": f"train {method}", "model": ss.model, "work": f"{sequences:,} sequences",
+                     "samples": None, "tokens": tokens, "gpu_h": hours, "done": trained})
+    e = stages["eval"]
+    from gftrepro.benchmarks import resolve_names
+
+    names = [b.name for b in resolve_names(e.benchmarks)]
+    problems = sum(BENCH_SIZES.get(n, 0) for n in names)
+    samples = problems * e.samples * (len(run.methods) + 1)
+    tokens = samples * a.mean_new_tokens
+    rows.append({"stage": "eval", "model": f"base + {len(run.methods)} trained",
+                 "work": f"{len(names)} benchmarks, {problems:,} problems x n = {e.samples}", "samples": samples,
+                 "tokens": tokens, "gpu_h": gpu_hours_gen(tokens, ss.model, a), "done": None})
+    return rows
+
+
+# problems per benchmark (the shared copies' counts; TabMWP: the 1,000-problem test subset, assumed)
+BENCH_SIZES = {"math500": 500, "minerva_math": 272, "olympiadbench": 675, "aime24": 30, "aime25": 30, "amc23": 40,
+               "college_math": 2818, "gaokao2023en": 383, "tabmwp": 1000, "sat_math": 32, "mmlu_stem": 3018,
+               "mawps": 2065, "svamp": 1000, "gsm8k": 1319, "testbed": 300}
+
+
+def memory_note(model: str, a: Assumptions) -> str:
+    p = params_of(model)
+    if p is None:
+        return f"training memory of {model}: parameter count unknown to gft plan"
+    need = 16 * p  # GB for weights + grads + AdamW moments in mixed precision
+    if need <= 0.8 * a.gpu_gb:
+        return f"training {model} ({p:.2f}B): ~{need:.0f} GB of weights, gradients and AdamW states: fits one " \
+               f"{a.gpu_gb:.0f} GB GPU (data parallel replicas)"
+    gpus = int(-(-need // (0.6 * a.gpu_gb)))
+    return f"training {model} ({p:.2f}B): ~{need:.0f} GB of weights, gradients and AdamW states does NOT fit one " \
+           f"{a.gpu_gb:.0f} GB GPU: shard them with FSDP over >= {gpus} GPUs (an accelerate FSDP config)"
+
+
+def show(rows: list[dict], notes: list[str], console: Console) -> None:
+    table = Table(title="gft plan (estimates: see the assumptions below)")
+    for col in ("stage", "model", "work", "samples", "tokens (M)", "GPU-hours", "state"):
+        table.add_column(col, justify="right" if col in ("samples", "tokens (M)", "GPU-hours") else "left")
+    total = 0.0
+    for r in rows:
+        hours = "?" if r["gpu_h"] is None else f"{r['gpu_h']:.1f}"
+        total += r["gpu_h"] or 0.0
+        state = f"complete ({r['done']})" if r["done"] else "to run"
+        table.add_row(r["stage"], r["model"], r["work"], "-" if r["samples"] is None else f"{r['samples']:,}",
+                      "-" if r["tokens"] is None else f"{r['tokens'] / 1e6:,.1f}", hours, state)
+    Console(width=max(console.width, 150), file=console.file).print(table)
+    console.print(f"total: about {total:,.0f} GPU-hours (H100-class), stages marked complete included")
+    for n in notes:
+        console.print(n, soft_wrap=True)
