@@ -222,13 +222,14 @@ def status(run: Path = typer.Option(DEFAULT_RUN, "--run", help="run folder")) ->
         if not run.is_dir():
             raise GftError(f"run folder {run} does not exist (run a stage first, or pass --run)")
         table = Table(title=f"gft status: {run}")
-        for col in ("stage", "version", "state", "shards", "rows", "completed"):
+        for col in ("stage", "version", "state", "shards", "rows", "completed", "method / model"):
             table.add_column(col)
         colors = {"complete": "green", "partial": "yellow", "missing": "dim"}
         for r in store.status_rows(run):
             table.add_row(r["stage"], r["version"], f"[{colors[r['state']]}]{r['state']}[/]", r["shards"], r["rows"],
-                          r["when"])
-        Console().print(table)
+                          r["when"], r["what"])
+        console = Console()
+        Console(width=max(console.width, 140), file=console.file).print(table)
 
     guarded(body)
 

@@ -214,17 +214,20 @@ def status_rows(run_dir: Path) -> list[dict[str, Any]]:
         found = versions(run_dir, stage)
         if not found:
             rows.append({"stage": stage, "version": "-", "state": "missing", "shards": "-", "rows": "-",
-                         "when": "-"})
+                         "when": "-", "what": ""})
             continue
         for v in found:
             done = v.done_shards()
             total = max(done.values(), default=0)
             if v.is_complete():
                 m = v.read_manifest()
+                count = len(m.get("shards", []))  # train and eval keep no top-level shards
+                what = m.get("summary", {}).get("method") or m.get("metrics", {}).get("model") or ""
                 rows.append({"stage": stage, "version": v.version, "state": "complete",
-                             "shards": f"{len(m.get('shards', []))}/{len(m.get('shards', []))}",
-                             "rows": str(m.get("rows", "-")), "when": m.get("completed_at", "-")})
+                             "shards": f"{count}/{count}" if count else "-",
+                             "rows": str(m["rows"]) if count else "-", "when": m.get("completed_at", "-"),
+                             "what": str(what)})
             else:
                 rows.append({"stage": stage, "version": v.version, "state": "partial",
-                             "shards": f"{len(done)}/{total or '?'}", "rows": "-", "when": "-"})
+                             "shards": f"{len(done)}/{total or '?'}", "rows": "-", "when": "-", "what": ""})
     return rows
