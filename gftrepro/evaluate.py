@@ -224,21 +224,31 @@ def report(config: EvalConfig, vdir: store.VersionDir, benches: list[Benchmark],
                                                        n)
         per_bench[bench.name] = benchmark_metrics(correct, answers, ks)
     metrics = {"n": n, "ks": ks, "benchmarks": per_bench, "average": macro_average(per_bench),
-               "capped_samples": capped, "model": config.model, "temperature": config.temperature,
-               "seconds_this_run": seconds}
-    store.atomic_write_json(vdir.path / f"metrics-n{n}.json", metrics)
-    table = metrics_table(metrics, f"eval {vdir.version}: {config.model}")
-    (vdir.path / f"report-n{n}.md").write_text(markdown_table(metrics, config.model))
-    from gftrepro.plots import passk_plot
-
-    passk_plot({config.model: metrics}, vdir.path / f"passk-n{n}.png")
-    manifest = {"stage": "eval", "version": vdir.version, "complete": True, "completed_at": store.now(),
-                "config": json.loads((vdir.path / store.CONFIG).read_text())["config"], "metrics": metrics,
-                "environment": store.environment()}
-    store.atomic_write_json(vdir.manifest_path, manifest)
-    console.print(table)
+               "capped_samples": capped, "model": config.model, "temperature": config.temperature}
+    path = vdir.path / f"metrics-n{n}.json"
+    if vdir.is_complete() and path.exists() and json.loads(path.read_text()) == json.loads(json.dumps(metrics)):
+        console.print(f"[green]complete[/green]: eval {vdir.version} already has these metrics, nothing to do")
+        manifest = vdir.read_manifest()
+    else:
+        manifest = write_reports(vdir, metrics, config.model, seconds)
+    console.print(metrics_table(metrics, f"eval {vdir.version}: {config.model}"))
     if any(capped.values()):
         console.print(f"samples that hit the token cap (counted wrong): {capped}")
+    return manifest
+
+
+def write_reports(vdir: store.VersionDir, metrics: dict, model: str, seconds: float) -> dict:
+    """metrics json, markdown table, pass@k PNG, then the manifest (last)."""
+    from gftrepro.plots import passk_plot
+
+    n = metrics["n"]
+    store.atomic_write_json(vdir.path / f"metrics-n{n}.json", metrics)
+    store.atomic_write_bytes(vdir.path / f"report-n{n}.md", markdown_table(metrics, model).encode())
+    passk_plot({model: metrics}, vdir.path / f"passk-n{n}.png")
+    manifest = {"stage": "eval", "version": vdir.version, "complete": True, "completed_at": store.now(),
+                "config": json.loads((vdir.path / store.CONFIG).read_text())["config"], "metrics": metrics,
+                "sampling_seconds_last_run": seconds, "environment": store.environment()}
+    store.atomic_write_json(vdir.manifest_path, manifest)
     return manifest
 
 

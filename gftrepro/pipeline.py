@@ -64,12 +64,19 @@ class RunConfig:
             raise GftError("seeds must be at least 1")
 
 
-def stage_configs(path: Path | None) -> dict[str, Any]:
-    """One resolved config per stage, from the file's sections over the run defaults."""
+def read_run_file(path: Path | None) -> dict[str, Any]:
+    """The whole-run YAML, with every top-level key checked (run keys or stage sections)."""
     data = cfg.read_yaml(path) if path is not None else {}
     unknown = [k for k in data if k not in SECTIONS and k not in [f.name for f in dataclasses.fields(RunConfig)]]
     if unknown:
-        raise GftError(f"unknown config key '{unknown[0]}' in {path} (stage sections: {', '.join(SECTIONS)})")
+        raise GftError(f"unknown config key '{unknown[0]}' in {path} (run keys: methods, seeds; stage sections: "
+                       f"{', '.join(SECTIONS)})")
+    return data
+
+
+def stage_configs(path: Path | None) -> dict[str, Any]:
+    """One resolved config per stage, from the file's sections over the run defaults."""
+    data = read_run_file(path)
     out = {}
     for name, (cls, defaults) in SECTIONS.items():
         section = data.get(name) or {}
@@ -82,8 +89,7 @@ def stage_configs(path: Path | None) -> dict[str, Any]:
 
 
 def run_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
-    data = cfg.read_yaml(path) if path is not None else {}
-    top = {k: v for k, v in data.items() if k not in SECTIONS}
+    top = {k: v for k, v in read_run_file(path).items() if k not in SECTIONS}
     config = cfg.build(RunConfig, top, overrides)
     config.validate()
     return config

@@ -98,8 +98,10 @@ def plan_rows(run: Any, stages: dict[str, Any], run_dir: Path, a: Assumptions) -
     t = stages["train"]
     p = params_of(ss.model)
     for method in run.methods:
-        trained = complete_with(run_dir, "train", dataclasses.replace(t, method=method),
-                                {"build-groups": done["build-groups"]}) if done["build-groups"] else None
+        as_run = dataclasses.replace(t, method=method, build_groups_version=done["build-groups"] or "",
+                                     model=ss.model)  # as gft run trains it (first seed)
+        trained = complete_with(run_dir, "train", as_run, {"build-groups": done["build-groups"]}) \
+            if done["build-groups"] else None
         sequences = ss.limit * g.k if method in ("gft", "gft-no-dcr") else ss.limit * (1 if method != "sft-mix" else
                                                                                         1 + st.n)
         tokens = sequences * (a.mean_prompt_tokens + a.mean_new_tokens) * t.epochs
