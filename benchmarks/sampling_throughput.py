@@ -16,7 +16,7 @@ import platform
 import time
 
 from gftrepro.backends import Request, SamplingParams
-from gftrepro.models import format_prompt, load_tokenizer, resolve_model, stop_token_ids
+from gftrepro.models import QWEN_MATH_COT, format_prompt, load_tokenizer, resolve_model, stop_token_ids
 from gftrepro.problems import load_problems
 from gftrepro.sample import sample_seed
 
@@ -42,7 +42,7 @@ def main() -> None:
     problems = load_problems("testbed", "test", "problem", "solution", "answer", args.prompts)
     questions = problems.table.column("question").to_pylist()
     pids = problems.table.column("prompt_id").to_pylist()
-    requests = [Request(tok(format_prompt(tok, q, "", "auto"), add_special_tokens=False)["input_ids"],
+    requests = [Request(tok(format_prompt(tok, q, QWEN_MATH_COT, "auto"), add_special_tokens=False)["input_ids"],
                         sample_seed(0, pid, 0)) for q, pid in zip(questions, pids, strict=True)]
     params = SamplingParams(1.0, 1.0, args.max_new_tokens, stop_token_ids(tok, model.path, ["<|im_end|>"]), False)
 
