@@ -68,7 +68,7 @@ class BuildGroupsConfig:
     keep_zero_variance: bool = opt(False, "keep groups whose rewards are all equal (every advantage 0)")
     expert_fill: list[str] = opt(["teacher", "repeat"], "how to fill missing expert slots, in order: teacher, repeat")
     seed: int = opt(0, "seed of the choice among surplus candidates")
-    verify_version: str = opt("", "verify version to read ('' = the latest complete one)")
+    verify_version: str = opt("", "verify version to read ('' = the latest complete one)", versioned=False)
     model: str = opt("", "student whose chat template and EOS the rows use ('' = sample-self's model)")
     groups_per_shard: int = opt(1024, "groups per output shard")
 

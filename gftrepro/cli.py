@@ -175,13 +175,14 @@ def run_all(
     run: Path = typer.Option(DEFAULT_RUN, "--run", "--run-dir", help="run folder"),
     methods: str | None = typer.Option(None, "--methods", help="comma-separated [default: 'sft,dft,gft']"),
     seeds: int | None = typer.Option(None, "--seeds", help="seeds per method [default: 1]"),
+    rounds: int | None = typer.Option(None, "--rounds", help="gft: re-sample and retrain rounds [default: 1]"),
 ) -> None:
     """Run every stage: sample, verify, build groups, train each method, evaluate, compare."""
 
     def body() -> None:
         from gftrepro import pipeline
 
-        overrides = {k: v for k, v in {"methods": methods, "seeds": seeds}.items() if v is not None}
+        overrides = {k: v for k, v in {"methods": methods, "seeds": seeds, "rounds": rounds}.items() if v is not None}
         pipeline.run(pipeline.run_config(config, overrides), pipeline.stage_configs(config), run)
 
     guarded(body)

@@ -2,7 +2,8 @@
 
     gft run                                              # embedded default: SFT vs DFT vs GFT, CPU
     gft run --methods sft,dft,gft,gft-no-dcr,gft-no-gal --seeds 3
-    gft run --config stages/run.yaml                     # one file describes the whole run
+    gft run --methods gft --rounds 3                     # re-sample self rollouts from each new checkpoint
+    gft run --config my-run.yaml                         # one file describes the whole run
 
 Chain: sample-teacher -> sample-self -> verify -> build-groups -> train (each method, each seed)
 -> eval (the base model and every trained one). Each stage is the same code as its command and
@@ -12,6 +13,10 @@ killed run resumes where it stopped.
 The config file holds ``methods``, ``seeds``, and one section per stage (``sample-teacher:``,
 ``sample-self:``, ``verify:``, ``build-groups:``, ``train:``, ``eval:``) with that stage's keys.
 Seeds vary training (data order) and the evaluation's sampling; the sampled groups are shared.
+With ``--rounds R`` (gft and gft-no-dcr), each round after the first samples the self rollouts from
+the previous round's checkpoint, re-verifies, rebuilds the groups (same teacher samples) and trains
+on from that checkpoint: the bridge to the authors' on-policy setting, one round at a time.
+Each stage reads exactly the upstream versions this run made (never "the latest").
 
 Output: ``<run>/summary/summary.md`` (the table), ``training.png`` (loss and entropy per step,
 per method), ``passk.png`` (pass@k per method), printed as a table at the end.
@@ -55,13 +60,15 @@ REPORT_KS = (1, 4, 16, 64)
 class RunConfig:
     methods: list[str] = opt(["sft", "dft", "gft"], "methods to train and compare")
     seeds: int = opt(1, "seeds per method (training data order and evaluation sampling)")
+    rounds: int = opt(1, "gft / gft-no-dcr: re-sample self rollouts from the new checkpoint, rebuild groups and "
+                         "train again, this many rounds in all (the bridge to on-policy training)")
 
     def validate(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise GftError(f"unknown method '{bad[0] if bad else ''}' (known: {', '.join(METHODS)})")
-        if self.seeds < 1:
-            raise GftError("seeds must be at least 1")
+        if self.seeds < 1 or self.rounds < 1:
+            raise GftError("seeds and rounds must be at least 1")
 
 
 def read_run_file(path: Path | None) -> dict[str, Any]:
@@ -96,25 +103,24 @@ def run_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
 
 
 def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Console | None = None) -> dict:
-    from gftrepro import build_groups, evaluate, sample, train, verify_stage
+    from gftrepro import evaluate, sample
 
     console = console or Console()
-    sample.run(stages["sample-teacher"], run_dir, "teacher", console)
-    sample.run(stages["sample-self"], run_dir, "self", console)
-    verify_stage.run(stages["verify"], run_dir, console)
-    groups = build_groups.run(stages["build-groups"], run_dir, console)
+    teacher = sample.run(stages["sample-teacher"], run_dir, "teacher", console)
     student = stages["sample-self"].model
+    groups = make_groups(stages, run_dir, teacher["version"], student, student, console)
     results: dict[str, list[dict]] = {"base": []}
     curves: dict[str, list[dict]] = {}
     for seed in range(stages["train"].seed, stages["train"].seed + config.seeds):
         base_eval = dataclasses.replace(stages["eval"], model=student, seed=seed)
         results["base"].append({"eval": evaluate.run(base_eval, run_dir, console)["metrics"], "train": None})
         for method in config.methods:
-            tcfg = dataclasses.replace(stages["train"], method=method, seed=seed,
-                                       build_groups_version=groups["version"], model=student)
-            manifest = train.run(tcfg, run_dir, console)
-            model_dir = run_dir / "train" / manifest["version"] / "model"
-            metrics = [json.loads(x) for x in (model_dir.parent / "metrics.jsonl").read_text().splitlines() if x]
+            model_dir, metrics = train_method(stages, run_dir, method, seed, groups["version"], student, console)
+            for _ in range(1, config.rounds if method in ("gft", "gft-no-dcr") else 1):
+                regrouped = make_groups(stages, run_dir, teacher["version"], str(model_dir), student, console)
+                model_dir, more = train_method(stages, run_dir, method, seed, regrouped["version"], str(model_dir),
+                                               console)
+                metrics += [{**m, "step": m["step"] + metrics[-1]["step"]} for m in more]
             curves.setdefault(method, metrics)
             ecfg = dataclasses.replace(stages["eval"], model=str(model_dir), seed=seed)
             results.setdefault(method, []).append({"eval": evaluate.run(ecfg, run_dir, console)["metrics"],
@@ -124,6 +130,31 @@ def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Conso
     write_outputs(run_dir / "summary", rows, results, curves, config)
     Console(width=max(console.width, 130), file=console.file).print(summary_table(rows, config))
     return {"rows": rows}
+
+
+def make_groups(stages: dict[str, Any], run_dir: Path, teacher_version: str, sampler: str, student: str,
+                console: Console) -> dict:
+    """Self samples from ``sampler`` (the base student, or a checkpoint in later rounds), their rewards,
+    and the groups, each stage reading exactly the versions made here."""
+    from gftrepro import build_groups, sample, verify_stage
+
+    own = sample.run(dataclasses.replace(stages["sample-self"], model=sampler), run_dir, "self", console)
+    verified = verify_stage.run(dataclasses.replace(stages["verify"], teacher_version=teacher_version,
+                                                    self_version=own["version"]), run_dir, console)
+    return build_groups.run(dataclasses.replace(stages["build-groups"], verify_version=verified["version"],
+                                                model=student), run_dir, console)
+
+
+def train_method(stages: dict[str, Any], run_dir: Path, method: str, seed: int, groups_version: str, start: str,
+                 console: Console) -> tuple[Path, list[dict]]:
+    """Train ``method`` from ``start`` on those groups; the model folder and its per-step metrics."""
+    from gftrepro import train
+
+    tcfg = dataclasses.replace(stages["train"], method=method, seed=seed, build_groups_version=groups_version,
+                               model=start, ref_model=stages["sample-self"].model)  # KL to the base student
+    manifest = train.run(tcfg, run_dir, console)
+    model_dir = run_dir / "train" / manifest["version"] / "model"
+    return model_dir, [json.loads(x) for x in (model_dir.parent / "metrics.jsonl").read_text().splitlines() if x]
 
 
 def summary_rows(results: dict[str, list[dict]], signal_share: float) -> list[dict]:

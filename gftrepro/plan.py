@@ -51,14 +51,14 @@ def params_of(model: str) -> float | None:
 
 
 def complete_with(run_dir: Path, stage: str, config: Any, inputs: dict[str, Any] | None = None) -> str | None:
-    """A complete version of ``stage`` with this config and, where given, these upstream versions."""
-    wanted = cfg.to_dict(config)
+    """A complete version of ``stage`` with this config (versioned keys) and, where given, these upstream
+    versions."""
+    wanted = cfg.versioned_dict(config)  # version selectors are unversioned: the inputs check covers them
     for v in store.versions(run_dir, stage):
         if not v.is_complete():
             continue
         stored = json.loads((v.path / store.CONFIG).read_text())
-        same = all(stored["config"].get(k) == val for k, val in wanted.items()
-                   if k not in ("shard_index", "num_shards"))
+        same = all(stored["config"].get(k) == val for k, val in wanted.items())
         if same and all(stored["inputs"].get(k) == val for k, val in (inputs or {}).items()):
             return v.version
     return None
@@ -69,7 +69,8 @@ def chain(run_dir: Path, stages: dict[str, Any]) -> dict[str, str | None]:
     done: dict[str, str | None] = {s: complete_with(run_dir, s, stages[s]) for s in ("sample-teacher", "sample-self")}
     ups = {"sample-teacher": done["sample-teacher"], "sample-self": done["sample-self"]}
     done["verify"] = complete_with(run_dir, "verify", stages["verify"], ups) if all(ups.values()) else None
-    done["build-groups"] = complete_with(run_dir, "build-groups", stages["build-groups"],
+    as_run = dataclasses.replace(stages["build-groups"], model=stages["sample-self"].model)  # as gft run builds it
+    done["build-groups"] = complete_with(run_dir, "build-groups", as_run,
                                          {"verify": done["verify"]}) if done["verify"] else None
     return done
 

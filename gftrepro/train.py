@@ -64,7 +64,7 @@ DATASETS = ("groups", "sft", "sft-mix")
 class TrainConfig:
     method: str = opt("gft", "sft, sft-mix, dft, gft, gft-no-dcr or gft-no-gal")
     data: str = opt("", "training set: groups, sft or sft-mix ('' = the method's own)")
-    build_groups_version: str = opt("", "build-groups version to read ('' = the latest complete one)")
+    build_groups_version: str = opt("", "build-groups version to read ('' = the latest complete one)", versioned=False)
     model: str = opt("", "model to train ('' = the student build-groups used)")
     tau: float = opt(0.7, "DCR threshold: coefficient sg(p) where p < tau, else 1 (paper 0.7; authors' code 0.1)")
     agg: str = opt("token-mean", "loss aggregation: token-mean, seq-mean-token-sum, seq-mean-token-mean")

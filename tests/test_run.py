@@ -50,6 +50,20 @@ def test_run_chains_every_stage_then_does_no_work(tmp_path):
         assert "complete (" in line, line
 
 
+def test_rounds_resample_from_the_new_checkpoint(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(SMALL.format(seeds=1))
+    run = tmp_path / "run"
+    gft("run", "--config", str(config), "--run", str(run), "--methods", "gft", "--rounds", "2", check=True)
+    models = {json.loads(m.read_text())["config"]["model"] for m in run.glob("sample-self/*/manifest.json")}
+    assert len(models) == 2 and any(m.endswith("/model") for m in models)  # round 2 sampled from a checkpoint
+    assert len(list(run.glob("build-groups/*/manifest.json"))) == 2
+    trained = [json.loads(m.read_text()) for m in run.glob("train/*/manifest.json")]
+    assert len(trained) == 2
+    starts = {t["inputs"]["model"]["ref"] for t in trained}
+    assert "testbed:student" in starts and any(s.endswith("/model") for s in starts)
+
+
 def test_two_seeds_report_a_spread(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(SMALL.format(seeds=2))
@@ -64,7 +78,8 @@ def test_two_seeds_report_a_spread(tmp_path):
     ("methods: [sft, ppo]\n", [], "unknown method 'ppo'"),
     ("train: {learning_rate: 1}\n", [], "unknown config key 'learning_rate' in section 'train'"),
     ("evaluation: {}\n", [], "unknown config key 'evaluation'"),
-    ("", ["--seeds", "0"], "seeds must be at least 1"),
+    ("", ["--seeds", "0"], "seeds and rounds must be at least 1"),
+    ("", ["--rounds", "0"], "seeds and rounds must be at least 1"),
 ])
 def test_bad_run_configs(tmp_path, text, extra, message):
     config = tmp_path / "run.yaml"
