@@ -162,12 +162,7 @@ def compose(pools: Pools, config: BuildGroupsConfig, prompt_id: str) -> tuple[li
 
 
 def read_inputs(config: BuildGroupsConfig, run_dir: Path) -> tuple[store.VersionDir, dict[str, store.VersionDir]]:
-    if config.verify_version:
-        verify = store.VersionDir(run_dir / "verify" / config.verify_version, "verify", config.verify_version)
-        if not verify.is_complete():
-            raise GftError(f"verify version {config.verify_version} is not complete in {run_dir}")
-    else:
-        verify = store.latest_complete(run_dir, "verify")
+    verify = store.chosen_version(run_dir, "verify", config.verify_version)
     sampled = {}
     for stage, version in verify.read_manifest()["inputs"].items():
         sampled[stage.removeprefix("sample-")] = store.VersionDir(run_dir / stage / version, stage, version)

@@ -68,6 +68,13 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
     raise GftError(f"config key '{name}' must be of type {bt.__name__}, got {value!r}")
 
 
+def require(checks: list[tuple[bool, str]]) -> None:
+    """Raise the message of the first failed (condition, message) check as a GftError."""
+    for ok, message in checks:
+        if not ok:
+            raise GftError(message)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise GftError(f"config file not found: {path}")

@@ -36,8 +36,7 @@ from rich.table import Table
 
 from gftrepro import schema, store
 from gftrepro.backends import GenerationOptions, Request, SamplingParams, make_backend
-from gftrepro.config import opt
-from gftrepro.errors import GftError
+from gftrepro.config import opt, require
 from gftrepro.models import ModelRef, format_prompt, load_tokenizer, resolve_model, stop_token_ids
 from gftrepro.problems import Problems, load_problems
 from gftrepro.stage import already_done, open_stage
@@ -69,9 +68,7 @@ class SampleConfig(GenerationOptions):
             (self.num_shards >= 1 and 0 <= self.shard_index < self.num_shards,
              f"shard_index must be in [0, num_shards), got {self.shard_index} of {self.num_shards}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise GftError(message)
+        require(checks)
 
 
 SELF_DEFAULTS = {"model": "testbed:student", "n": 4}

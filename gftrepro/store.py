@@ -199,6 +199,16 @@ def versions(run_dir: Path, stage: str) -> list[VersionDir]:
     return [VersionDir(p, stage, p.name) for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")]
 
 
+def chosen_version(run_dir: Path, stage: str, wanted: str) -> VersionDir:
+    """Version ``wanted`` of ``stage``, which must be complete; the latest complete one when ``''``."""
+    if not wanted:
+        return latest_complete(run_dir, stage)
+    vdir = VersionDir(run_dir / stage / wanted, stage, wanted)
+    if not vdir.is_complete():
+        raise GftError(f"{stage} version {wanted} is not complete in {run_dir}")
+    return vdir
+
+
 def latest_complete(run_dir: Path, stage: str) -> VersionDir:
     """The most recently completed version of ``stage`` (what a downstream stage reads by default)."""
     done = [v for v in versions(run_dir, stage) if v.is_complete()]

@@ -48,7 +48,7 @@ from rich.table import Table
 
 from gftrepro import config as cfg
 from gftrepro import store
-from gftrepro.config import opt
+from gftrepro.config import opt, require
 from gftrepro.errors import GftError
 from gftrepro.logprobs import Policy, token_kl
 from gftrepro.losses import AGGREGATIONS, METHODS, USES_ADVANTAGE, token_loss
@@ -100,9 +100,7 @@ class TrainConfig:
             (self.epochs >= 1 or self.max_steps >= 1, "set epochs >= 1 or max_steps >= 1"),
             (0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise GftError(message)
+        require(checks)
         if self.method in USES_ADVANTAGE and self.dataset == "sft":
             raise GftError(f"method '{self.method}' needs groups (advantages); data 'sft' has none")
 
@@ -299,13 +297,7 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 
 def training_inputs(config: TrainConfig, run_dir: Path) -> tuple[store.VersionDir, Any]:
-    if config.build_groups_version:
-        bg = store.VersionDir(run_dir / "build-groups" / config.build_groups_version, "build-groups",
-                              config.build_groups_version)
-        if not bg.is_complete():
-            raise GftError(f"build-groups version {config.build_groups_version} is not complete in {run_dir}")
-    else:
-        bg = store.latest_complete(run_dir, "build-groups")
+    bg = store.chosen_version(run_dir, "build-groups", config.build_groups_version)
     return bg, resolve_model(config.model or bg.read_manifest()["inputs"]["student"]["ref"])
 
 

@@ -74,12 +74,8 @@ def input_versions(config: VerifyConfig, run_dir: Path) -> dict[str, store.Versi
     chosen = {}
     for source in SAMPLED:
         stage, wanted = f"sample-{source}", getattr(config, f"{source}_version")
-        if wanted:
-            chosen[source] = store.VersionDir(run_dir / stage / wanted, stage, wanted)
-            if not chosen[source].is_complete():
-                raise GftError(f"{stage} version {wanted} is not complete in {run_dir}")
-        elif source in config.sources:
-            chosen[source] = store.latest_complete(run_dir, stage)
+        if wanted or source in config.sources:
+            chosen[source] = store.chosen_version(run_dir, stage, wanted)
     if not chosen:  # expert solutions only: any complete sampling stage holds the problems
         for source in SAMPLED:
             if any(v.is_complete() for v in store.versions(run_dir, f"sample-{source}")):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gftrepro.config import opt
+from gftrepro.config import opt, require
 from gftrepro.errors import GftError
 from gftrepro.models import QWEN_MATH_COT, ModelRef
 
@@ -106,9 +106,7 @@ class GenerationOptions:
             (self.prompt_template in ("auto", "chat", "plain"),
              f"prompt_template must be auto, chat or plain, got '{self.prompt_template}'"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise GftError(message)
+        require(checks)
 
 
 def make_backend(options: GenerationOptions, model: ModelRef, tokenizer: Any) -> Backend:
