@@ -7,6 +7,15 @@
 | gft         | A * C(p), C(p) = sg(p) if p < tau else 1 | -A grad p  or  -A grad log p |
 | gft-no-dcr  | A                                       | -A grad log p            |
 | gft-no-gal  | C(p)                                    | -grad p  or  -grad log p |
+| grpo        | A * min(r, clip(r, 1-eps, 1+eps)) / log p, | -A grad r (unclipped side) |
+|             | r = pi_theta / pi_old (the clipped PPO surrogate) |                   |
+
+GRPO's per-token loss is the clipped surrogate ``-min(r A, clip(r, 1 - eps, 1 + eps) A)`` with
+``r = exp(log p - old log p)``, plus ``beta * k3`` where ``k3 = exp(ref - log p) - (ref - log p) - 1``
+(the KL estimator of the GRPO paper and TRL) when ``beta > 0``. With one update per batch of
+rollouts (``old = sg(log p)``, r = 1) its gradient is ``-A grad log p``: exactly ``gft-no-dcr``'s
+on the same groups, aggregated the same way (tested); only the loss value differs (-A, not
+-A log p).
 
 ``sg`` is stop-gradient (``detach``). p is the probability of the trained token under the current
 policy. Aggregation (``agg``):
@@ -23,9 +32,9 @@ from __future__ import annotations
 
 import torch
 
-METHODS = ("sft", "sft-mix", "dft", "gft", "gft-no-dcr", "gft-no-gal")
+from gftrepro.methods import METHODS, get
+
 AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
-USES_ADVANTAGE = ("gft", "gft-no-dcr")
 
 
 def dcr(p: torch.Tensor, tau: float) -> torch.Tensor:
@@ -37,38 +46,69 @@ def coefficient(logprobs: torch.Tensor, advantages: torch.Tensor, method: str, t
     """Per-token coefficient [B, T] on -log p: a stop-gradient quantity everywhere."""
     p = logprobs.detach().exp()  # every coefficient is a stop-gradient quantity
     a = advantages.detach()[:, None].to(logprobs.dtype)
-    if method in ("sft", "sft-mix"):
+    kind = get(method).coefficient if method in METHODS else ""
+    if kind == "one":
         return torch.ones_like(p)
-    if method == "dft":
+    if kind == "p":
         return p
-    if method == "gft":
+    if kind == "adv-dcr":
         return a * dcr(p, tau)
-    if method == "gft-no-dcr":
+    if kind == "adv":
         return a.expand_as(p)
-    if method == "gft-no-gal":
+    if kind == "dcr":
         return dcr(p, tau)
-    raise ValueError(f"unknown method '{method}' (known: {', '.join(METHODS)})")
+    raise ValueError(f"method '{method}' has no fixed coefficient on -log p (known: "
+                     f"{', '.join(m for m in METHODS if get(m).coefficient != 'ratio')})")
+
+
+def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                      clip_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO/PPO per-token loss ``-min(r A, clip(r) A)`` [B, T] and where the clip was active."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    a = advantages.detach()[:, None].to(logprobs.dtype)
+    unclipped, clipped = ratio * a, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * a
+    return -torch.min(unclipped, clipped), (clipped < unclipped).detach()
+
+
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(pi_theta || pi_ref) estimator k3 = exp(ref - lp) - (ref - lp) - 1 (>= 0)."""
+    d = ref_logprobs.detach() - logprobs
+    return torch.exp(d) - d - 1
 
 
 def token_loss(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor | None, *, method: str,
                tau: float = 0.7, agg: str = "token-mean", num_tokens: float | torch.Tensor | None = None,
-               num_seqs: float | torch.Tensor | None = None) -> torch.Tensor:
+               num_seqs: float | torch.Tensor | None = None, old_logprobs: torch.Tensor | None = None,
+               clip_eps: float = 0.2, ref_logprobs: torch.Tensor | None = None, beta: float = 0.0) -> torch.Tensor:
     """Scalar loss whose gradient is the paper's, for ``logprobs`` [B, T] (with grad) and ``mask`` [B, T].
 
-    ``advantages`` [B] is read by gft and gft-no-dcr only (None is allowed for the others).
+    ``advantages`` [B] is read by gft, gft-no-dcr and grpo only (None is allowed for the others).
+    grpo: ``old_logprobs`` [B, T] (default ``sg(logprobs)``: one update per batch), ``clip_eps``.
+    Any method: ``beta > 0`` adds ``beta * k3`` against ``ref_logprobs`` [B, T] per token.
     Masked positions never reach the result (``where``, not a product, so a -inf there is harmless).
     """
     if agg not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation '{agg}' (known: {', '.join(AGGREGATIONS)})")
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"tau must be in [0, 1], got {tau}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}' (known: {', '.join(METHODS)})")
     if advantages is None:
-        if method in USES_ADVANTAGE:
+        if get(method).uses_advantage:
             raise ValueError(f"method '{method}' needs advantages")
         advantages = torch.zeros(logprobs.shape[0], device=logprobs.device)
+    if beta and ref_logprobs is None:
+        raise ValueError("beta > 0 needs ref_logprobs")
     keep = mask.bool()
     safe_lp = torch.where(keep, logprobs, torch.zeros_like(logprobs))  # [B, T]
-    per_token = torch.where(keep, -coefficient(safe_lp, advantages, method, tau) * safe_lp, 0.0)  # [B, T]
+    if get(method).coefficient == "ratio":
+        old = safe_lp.detach() if old_logprobs is None else torch.where(keep, old_logprobs, 0.0)
+        terms = clipped_surrogate(safe_lp, old, advantages, clip_eps)[0]
+    else:
+        terms = -coefficient(safe_lp, advantages, method, tau) * safe_lp
+    if beta:
+        terms = terms + beta * k3_kl(safe_lp, torch.where(keep, ref_logprobs, 0.0))
+    per_token = torch.where(keep, terms, 0.0)  # [B, T]
     if agg == "token-mean":
         denom = keep.sum() if num_tokens is None else num_tokens
         return per_token.sum() / torch.as_tensor(denom, dtype=per_token.dtype).clamp(min=1)

@@ -1,14 +1,20 @@
-"""Stage ``train``: GFT and its baselines (SFT, SFT-mix, DFT, GFT w/o DCR, GFT w/o GAL), one engine.
+"""Stage ``train``: GFT and its baselines (SFT, SFT-mix, DFT, GFT w/o DCR, GFT w/o GAL, GRPO), one engine.
 
-Reads: the latest complete ``build-groups`` version (or ``--build-groups-version``): its group
-shards (gft, gft-no-dcr) or ``sft.parquet`` / ``sft-mix.parquet`` (sft, dft, gft-no-gal, sft-mix),
-and the student model it was built for (or ``--model``).
+Offline (the default for every method but grpo) it reads the latest complete ``build-groups``
+version (or ``--build-groups-version``): its group shards (gft, gft-no-dcr) or ``sft.parquet`` /
+``sft-mix.parquet`` (sft, dft, gft-no-gal, sft-mix), and the student model it was built for.
+On-policy (``--online``; grpo always) it reads a ``verify`` version instead and samples the self
+responses of every step from the current weights (``gftrepro/online.py``).
+``--init`` starts from an earlier train version's model (chains such as SFT -> GRPO), or ``--model``.
 Writes: ``<run>/train/<version>/``: ``model/`` (``save_pretrained``: weights + tokenizer, loadable
-by ``gft sample-self`` and ``gft eval``), ``metrics.jsonl`` (one line per step), ``checkpoint/``
-while training (model, optimizer, scheduler, RNG states, step), ``manifest.json`` last.
+by ``gft sample-self`` and ``gft eval``), ``metrics.jsonl`` (one line per step), ``rollouts/``
+(online: one Parquet shard per step), ``checkpoint/`` while training (model, optimizer, scheduler,
+RNG states, step), ``manifest.json`` last.
 
     gft train --method gft --tau 0.7                      # embedded default, CPU
     gft train --method sft                                 # also sft-mix, dft, gft-no-dcr, gft-no-gal
+    gft train --method gft --online                        # self samples drawn on-policy every step
+    gft train --method grpo --init <sft train version>    # GRPO (always on-policy) from an SFT model
     torchrun --nproc_per_node 8 -m gftrepro.cli train --config stages/train.yaml
     accelerate launch --num_processes 8 -m gftrepro.cli train --config stages/train.yaml
 
@@ -17,7 +23,8 @@ Distribution is accelerate's (DDP, or FSDP through an ``accelerate config``): ne
 
 Where this departs from the authors' code:
 
-1. Offline: the groups were built before training (see ``gftrepro/sample.py``, departure 1).
+1. Offline: the groups were built before training (see ``gftrepro/sample.py``, departure 1);
+   ``--online`` is the authors' on-policy setting.
 2. The token-mean denominator is the token count of the whole optimizer step, summed over every
    micro-batch and process before the first backward; the authors' verl code divides per
    micro-batch. Here one batch of 8 equals eight micro-batches of 1 (tested).
@@ -32,6 +39,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import time
 from collections import Counter
@@ -50,22 +58,29 @@ from gftrepro import config as cfg
 from gftrepro import store
 from gftrepro.config import opt, require
 from gftrepro.errors import GftError
+from gftrepro import methods
+from gftrepro.build_groups import STD_MODES
 from gftrepro.logprobs import Policy, token_kl
-from gftrepro.losses import AGGREGATIONS, METHODS, USES_ADVANTAGE, token_loss
-from gftrepro.models import first_line, load_tokenizer, resolve_model
+from gftrepro.losses import AGGREGATIONS, token_loss
+from gftrepro.methods import METHODS
+from gftrepro.models import ModelRef, first_line, load_tokenizer, resolve_model
 from gftrepro.stage import already_done, open_stage
 
-DEFAULT_DATA = {"sft": "sft", "sft-mix": "sft-mix", "dft": "sft", "gft": "groups", "gft-no-dcr": "groups",
-                "gft-no-gal": "sft"}
 DATASETS = ("groups", "sft", "sft-mix")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: str = opt("gft", "sft, sft-mix, dft, gft, gft-no-dcr or gft-no-gal")
+    method: str = opt("gft", "sft, sft-mix, dft, gft, gft-no-dcr, gft-no-gal or grpo")
+    online: bool = opt(False, "sample the self responses from the current weights every step (gft, gft-no-dcr, "
+                              "gft-no-gal; grpo always does)")
+    init: str = opt("", "start from this model: a complete train version of this run, or a model folder "
+                        "('' = --model)")
     data: str = opt("", "training set: groups, sft or sft-mix ('' = the method's own)")
     build_groups_version: str = opt("", "build-groups version to read ('' = the latest complete one)", versioned=False)
-    model: str = opt("", "model to train ('' = the student build-groups used)")
+    model: str = opt("", "model to train ('' = the student build-groups / sample-self used)")
+    verify_version: str = opt("", "online: verify version with the problems, expert solutions and teacher rewards "
+                                  "('' = the latest complete one)", versioned=False)
     tau: float = opt(0.7, "DCR threshold: coefficient sg(p) where p < tau, else 1 (paper 0.7; authors' code 0.1)")
     agg: str = opt("token-mean", "loss aggregation: token-mean, seq-mean-token-sum, seq-mean-token-mean")
     lr: float = opt(1e-4, "peak learning rate (AdamW)")
@@ -87,10 +102,29 @@ class TrainConfig:
     save_every: int = opt(50, "write a resumable checkpoint every N steps (0 = only at the end)", versioned=False)
     kl_every: int = opt(0, "every N steps, KL(pi_theta || pi_ref) over the step's tokens (0 = off)", versioned=False)
     ref_model: str = opt("", "reference model for the KL ('' = the starting model)", versioned=False)
+    prompts_per_step: int = opt(16, "online: prompts per optimizer step, all processes together (each a group)")
+    n_expert: int = opt(-1, "online: expert solutions per group (-1 = the method's: gft 1, grpo 0)", flag="expert")
+    n_teacher: int = opt(-1, "online: teacher samples per group (-1 = the method's: gft 3, grpo 0)", flag="teacher")
+    self_k: int = opt(-1, "online: on-policy samples per group (-1 = the method's: gft 4, grpo 8)")
+    adv_std: str = opt("unbiased", "online advantages: unbiased (authors' code), population (TRL) or none")
+    adv_eps: float = opt(1e-6, "online advantages: added to the group std (authors' code 1e-6; TRL 1e-4)")
+    ppo_epochs: int = opt(1, "grpo: optimizer updates per batch of rollouts (1 = on-policy, ratio 1)")
+    clip_eps: float = opt(0.2, "grpo: clip range of the importance ratio")
+    kl_coef: float = opt(0.0, "KL-to-reference coefficient beta in the loss (k3 estimator; 0 = none, as the paper)")
+    rollout_backend: str = opt("hf", "online: generation backend, hf (in-process) or vllm (colocated)")
+    rollout_temperature: float = opt(1.0, "online: sampling temperature of the self responses")
+    rollout_max_new_tokens: int = opt(128, "online: cap on generated tokens per self response")
+    rollout_batch_size: int = opt(64, "online, hf: sequences per generate call", versioned=False)
+    rollout_gpu_memory_utilization: float = opt(0.3, "online, vllm: share of GPU memory for the engine",
+                                                versioned=False)
+    verify_workers: int = opt(2, "online: verifier worker processes per training process", versioned=False)
+    verify_timeout: float = opt(5.0, "online: wall-clock seconds per answer before its worker is killed")
 
     def validate(self) -> None:
         checks = [
             (self.method in METHODS, f"unknown method '{self.method}' (known: {', '.join(METHODS)})"),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}"),
+            (self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}"),
             (self.data in ("", *DATASETS), f"unknown data '{self.data}' (known: {', '.join(DATASETS)})"),
             (0.0 <= self.tau <= 1.0, f"tau must be in [0, 1], got {self.tau}"),
             (self.agg in AGGREGATIONS, f"unknown agg '{self.agg}' (known: {', '.join(AGGREGATIONS)})"),
@@ -101,12 +135,51 @@ class TrainConfig:
             (0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)"),
         ]
         require(checks)
-        if self.method in USES_ADVANTAGE and self.dataset == "sft":
+        if self.is_online:
+            self.validate_online()
+        elif methods.get(self.method).uses_advantage and self.dataset == "sft":
             raise GftError(f"method '{self.method}' needs groups (advantages); data 'sft' has none")
+
+    def validate_online(self) -> None:
+        expert, teacher, own = self.group
+        checks = [
+            (min(expert, teacher) >= 0 and own >= 1, f"an online group needs self_k >= 1 and expert, teacher >= 0, "
+                                                     f"got {expert}:{teacher}:{own}"),
+            (self.method != "grpo" or own >= 2, f"grpo needs self_k >= 2 (a group advantage over its own samples), "
+                                                f"got {own}"),
+            (expert + teacher + own >= 2, f"a group needs K >= 2 responses, got {expert + teacher + own}"),
+            (self.prompts_per_step >= 1, "prompts_per_step must be at least 1"),
+            (self.adv_std in STD_MODES, f"adv_std must be one of {', '.join(STD_MODES)}, got '{self.adv_std}'"),
+            (math.isfinite(self.adv_eps) and self.adv_eps >= 0, f"adv_eps must be finite and >= 0, got {self.adv_eps}"),
+            (self.ppo_epochs >= 1, f"ppo_epochs must be at least 1, got {self.ppo_epochs}"),
+            (0 < self.clip_eps < 1, f"clip_eps must be in (0, 1), got {self.clip_eps}"),
+            (self.kl_coef >= 0 and math.isfinite(self.kl_coef), f"kl_coef must be finite and >= 0, got {self.kl_coef}"),
+            (self.rollout_backend in ("hf", "vllm"), f"unknown rollout_backend '{self.rollout_backend}' (hf or vllm)"),
+            (self.rollout_temperature > 0, "rollout_temperature must be > 0 (on-policy samples are sampled)"),
+            (self.rollout_max_new_tokens >= 1 and self.rollout_batch_size >= 1,
+             "rollout_max_new_tokens and rollout_batch_size must be at least 1"),
+            (self.verify_workers >= 1 and self.verify_timeout > 0, "verify_workers >= 1 and verify_timeout > 0"),
+        ]
+        require(checks)
+        if self.data:
+            raise GftError("--data is for offline training; online groups are drawn every step")
+        if self.ppo_epochs > 1 and self.method != "grpo":
+            raise GftError(f"ppo_epochs > 1 needs the clipped ratio objective (grpo); {self.method} takes one update")
+
+    @property
+    def is_online(self) -> bool:
+        return methods.runs_online(self.method, self.online)
+
+    @property
+    def group(self) -> tuple[int, int, int]:
+        """(expert, teacher, self) of an online group: the flags, or the method's defaults."""
+        default = methods.get(self.method).group
+        given = (self.n_expert, self.n_teacher, self.self_k)
+        return tuple(d if g < 0 else g for g, d in zip(given, default, strict=True))  # type: ignore[return-value]
 
     @property
     def dataset(self) -> str:
-        return self.data or DEFAULT_DATA[self.method]
+        return self.data or methods.get(self.method).data
 
 
 @dataclass(frozen=True)
@@ -197,7 +270,7 @@ def collate(batch: list[Example], pad_id: int, device: torch.device) -> dict[str
 # ---------------------------------------------------------------- one optimizer step
 
 SOURCE_ORDER = ("expert", "teacher", "self")
-STAT_KEYS = ["loss", "tokens", "entropy", "prob", "rectified", "kl", "kl_tokens"] + \
+STAT_KEYS = ["loss", "tokens", "entropy", "prob", "rectified", "clipped", "kl", "kl_tokens"] + \
     [f"{k}/{s}" for s in SOURCE_ORDER for k in ("logprob", "logprob_tokens", "advantage", "seqs")]
 
 
@@ -214,8 +287,10 @@ def backward_step(policy: torch.nn.Module, micro_batches: list[dict], config: Tr
         sync = j == len(micro_batches) - 1
         with no_sync(policy) if not sync else nullcontext():
             logprobs, entropy = policy(b["input_ids"], b["attention_mask"], b["response_mask"], with_entropy=True)
+            old = b.get("old_logprobs")
             loss = token_loss(logprobs, b["response_mask"], b["advantages"], method=config.method, tau=config.tau,
-                              agg=config.agg, num_tokens=num_tokens, num_seqs=num_seqs)
+                              agg=config.agg, num_tokens=num_tokens, num_seqs=num_seqs, old_logprobs=old,
+                              clip_eps=config.clip_eps, ref_logprobs=b.get("ref_logprobs"), beta=config.kl_coef)
             (loss * scale).backward()
         with torch.no_grad():
             mask = b["response_mask"].bool()
@@ -225,6 +300,9 @@ def backward_step(policy: torch.nn.Module, micro_batches: list[dict], config: Tr
             stats["entropy"] += float(entropy[mask].sum())
             stats["prob"] += float(p.sum())
             stats["rectified"] += float((p < config.tau).sum())
+            if old is not None:  # share of tokens whose ratio the clip held (grpo, later ppo epochs)
+                ratio = (logprobs.detach() - old).exp()[mask]
+                stats["clipped"] += float(((ratio - 1).abs() > config.clip_eps).sum())
             per_seq_lp = torch.where(mask, logprobs.detach(), 0.0).sum(-1)
             for i, source in enumerate(b["sources"]):
                 stats[f"logprob/{source}"] += float(per_seq_lp[i])
@@ -240,7 +318,8 @@ def step_metrics(step: int, sums: dict[str, float], lr: float, grad_norm: float,
     m: dict[str, Any] = {"step": step, "loss": sums["loss"], "lr": lr, "grad_norm": grad_norm,
                          "tokens": int(sums["tokens"]), "tokens_per_s": sums["tokens"] / max(seconds, 1e-9),
                          "entropy": sums["entropy"] / tokens, "mean_token_prob": sums["prob"] / tokens,
-                         "rectified_share": sums["rectified"] / tokens, "skipped_steps": skipped}
+                         "rectified_share": sums["rectified"] / tokens, "clipped_share": sums["clipped"] / tokens,
+                         "skipped_steps": skipped}
     for s in SOURCE_ORDER:
         if sums[f"seqs/{s}"]:
             m[f"logprob/{s}"] = sums[f"logprob/{s}"] / max(sums[f"logprob_tokens/{s}"], 1.0)
@@ -293,12 +372,28 @@ def truncate_metrics(path: Path, step: int) -> None:
         path.write_text("".join(ln + "\n" for ln in lines))
 
 
-# ---------------------------------------------------------------- the stage
+# ---------------------------------------------------------------- the stage: setup, one step, checkpoint, finish
 
 
 def training_inputs(config: TrainConfig, run_dir: Path) -> tuple[store.VersionDir, Any]:
     bg = store.chosen_version(run_dir, "build-groups", config.build_groups_version)
-    return bg, resolve_model(config.model or bg.read_manifest()["inputs"]["student"]["ref"])
+    return bg, start_model(config, run_dir, bg.read_manifest()["inputs"]["student"]["ref"])
+
+
+def start_model(config: TrainConfig, run_dir: Path, default: str) -> ModelRef:
+    """``--init`` (a train version of this run, or a folder), else ``--model``, else ``default``."""
+    if config.init:
+        vdir = run_dir / "train" / config.init
+        if vdir.is_dir() or re.fullmatch(r"[0-9a-f]{12}", config.init):
+            if not (vdir / store.MANIFEST).exists():
+                state = "is not complete" if vdir.is_dir() else "does not exist"
+                raise GftError(f"--init: train version {config.init} {state} in {run_dir} (finish it with the same "
+                               "gft train command, or name a model folder)")
+            return resolve_model(str(vdir / "model"))
+        if not Path(config.init).is_dir():
+            raise GftError(f"--init {config.init}: neither a train version of {run_dir} nor a model folder")
+        return resolve_model(config.init)
+    return resolve_model(config.model or default)
 
 
 def load_causal_lm(path: str, ref: str) -> torch.nn.Module:
@@ -320,13 +415,145 @@ def plan_steps(config: TrainConfig, examples: list[Example], world: int) -> list
     return step_batches(examples, config.batch_size, config.epochs, config.seed, world)
 
 
-def run(config: TrainConfig, run_dir: Path, console: Console | None = None) -> dict:
+def make_accelerator(config: TrainConfig) -> Any:
     from accelerate import Accelerator
-    from transformers import get_cosine_schedule_with_warmup
 
     gpu = torch.cuda.is_available()
     bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and gpu)
-    accelerator = Accelerator(cpu=not gpu, mixed_precision="bf16" if bf16 else "no")
+    return Accelerator(cpu=not gpu, mixed_precision="bf16" if bf16 else "no")
+
+
+class Trainer:
+    """The parts every training loop shares: the model and optimizer, one optimizer step, the metrics
+    line, checkpoints, and the final save. ``run`` (offline) and ``online.run`` drive it."""
+
+    def __init__(self, config: TrainConfig, accelerator: Any, vdir: store.VersionDir, model: ModelRef,
+                 tokenizer: Any, total_steps: int, console: Console):
+        from transformers import get_cosine_schedule_with_warmup
+
+        self.config, self.accelerator, self.vdir, self.tokenizer, self.console = config, accelerator, vdir, \
+            tokenizer, console
+        self.world, self.rank, self.main = accelerator.num_processes, accelerator.process_index, \
+            accelerator.is_main_process
+        self.total_steps = total_steps
+        torch.manual_seed(config.seed)
+        net = load_causal_lm(model.path, model.ref)
+        if config.gradient_checkpointing:
+            net.gradient_checkpointing_enable()
+        policy = Policy(net, config.logprob_chunk)
+        optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+                                      weight_decay=config.weight_decay)
+        updates = total_steps * config.ppo_epochs
+        self.scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * updates), updates)
+        self.policy, self.optimizer = accelerator.prepare(policy, optimizer)
+        accelerator.register_for_checkpointing(self.scheduler)  # stepped by hand: once per optimizer step
+        self.expected = {"config": cfg.versioned_dict(config), "world_size": self.world}
+        self.start, state = resume_step(accelerator, vdir, self.expected)
+        self.skipped = int(state.get("skipped", 0))
+        self.metrics_path = vdir.path / "metrics.jsonl"
+        if self.main:
+            truncate_metrics(self.metrics_path, self.start)
+        needs_ref = config.kl_every or config.kl_coef
+        ref_path = resolve_model(config.ref_model).path if config.ref_model else model.path
+        self.ref = load_causal_lm(ref_path, "ref").to(accelerator.device).eval() if needs_ref else None
+        self.ref_policy = Policy(self.ref, config.logprob_chunk) if config.kl_coef else None
+        self.started = time.perf_counter()
+
+    @property
+    def net(self) -> torch.nn.Module:
+        """The underlying transformers model (full weights: DDP replicates them)."""
+        return self.accelerator.unwrap_model(self.policy).model
+
+    def micro_batches(self, mine: list[Example]) -> list[dict]:
+        size, device = self.config.micro_batch_size, self.accelerator.device
+        return [collate(mine[k : k + size], self.tokenizer.pad_token_id, device) for k in range(0, len(mine), size)]
+
+    def global_tokens(self, mine: list[Example]) -> int:
+        local = torch.tensor(sum(len(e.ids) - e.prompt_len for e in mine), device=self.accelerator.device)
+        return int(self.accelerator.reduce(local, "sum"))
+
+    @torch.no_grad()
+    def add_reference_logprobs(self, micro: list[dict], old: bool) -> None:
+        """Behaviour log-probs (for ppo_epochs > 1) and reference log-probs (for kl_coef), recomputed here."""
+        if old:
+            self.policy.eval()
+            for b in micro:
+                b["old_logprobs"] = self.policy(b["input_ids"], b["attention_mask"], b["response_mask"])[0].detach()
+        if self.ref_policy is not None:
+            for b in micro:
+                b["ref_logprobs"] = self.ref_policy(b["input_ids"], b["attention_mask"], b["response_mask"])[0]
+
+    def update(self, step: int, micro: list[dict], num_tokens: int, num_seqs: int) -> dict[str, float]:
+        """One optimizer step over this process's micro-batches; returns the step's summed statistics."""
+        config, acc = self.config, self.accelerator
+        self.policy.train()
+        sums = backward_step(self.policy, micro, config, num_tokens, num_seqs, float(self.world), acc.no_sync)
+        if config.kl_every and (step + 1) % config.kl_every == 0:
+            for b in micro:
+                kl, n = token_kl(self.net, self.ref, b["input_ids"], b["attention_mask"], b["response_mask"],
+                                 config.logprob_chunk)
+                sums["kl"] += kl
+                sums["kl_tokens"] += n
+        packed = acc.reduce(torch.tensor([sums[k] for k in STAT_KEYS], device=acc.device, dtype=torch.float64), "sum")
+        sums = dict(zip(STAT_KEYS, packed.tolist(), strict=True))
+        grad_norm = float(acc.clip_grad_norm_(self.policy.parameters(), config.grad_clip or float("inf")))
+        if math.isfinite(sums["loss"]) and math.isfinite(grad_norm):
+            self.optimizer.step()
+        else:  # never apply a non-finite update; count it
+            self.skipped += 1
+        sums["lr"], sums["grad_norm"] = self.scheduler.get_last_lr()[0], grad_norm
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return sums
+
+    def log(self, step: int, sums: dict[str, float], seconds: float, extra: dict[str, Any] | None = None) -> dict:
+        m = step_metrics(step + 1, sums, sums["lr"], sums["grad_norm"], seconds, self.skipped) | (extra or {})
+        if self.main:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(m) + "\n")
+        return m
+
+    def checkpoint(self, step: int) -> None:
+        """After step ``step`` (0-based): a resumable checkpoint every ``save_every`` steps (not after the last)."""
+        done = step + 1
+        if self.config.save_every and done % self.config.save_every == 0 and done < self.total_steps:
+            save_checkpoint(self.accelerator, self.vdir, done, {**self.expected, "skipped": self.skipped})
+
+    def progress(self) -> Progress:
+        return Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=self.console, disable=not self.main)
+
+    def finish(self, summary: dict[str, Any]) -> dict:
+        """Save the model, write the manifest (main process), remove the checkpoint."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if self.skipped >= self.total_steps * self.config.ppo_epochs and self.total_steps:
+            raise GftError(f"every optimizer step was skipped (non-finite loss or gradient): nothing trained; "
+                           f"see {self.metrics_path}")
+        if self.main:
+            if not all(torch.isfinite(p).all() for p in self.net.parameters()):
+                raise GftError("the trained weights are not finite; not saving them (lower --lr?)")
+            save_model(self.net, self.tokenizer, self.vdir.path / "model")
+        acc.wait_for_everyone()
+        summary = {"steps": self.total_steps, "skipped_steps": self.skipped, "world_size": self.world,
+                   "final_loss": last_metric(self.metrics_path, "loss"),
+                   "train_seconds_this_run": time.perf_counter() - self.started, "method": self.config.method,
+                   **summary}
+        manifest = store.finalize(self.vdir, 0, {"summary": summary}) if self.main else {"summary": summary}
+        if self.main:
+            shutil.rmtree(self.vdir.path / "checkpoint", ignore_errors=True)
+            self.console.print(summary_table(manifest))
+        acc.wait_for_everyone()
+        return manifest
+
+
+def run(config: TrainConfig, run_dir: Path, console: Console | None = None) -> dict:
+    if config.is_online:
+        from gftrepro import online
+
+        return online.run(config, run_dir, console)
+    accelerator = make_accelerator(config)
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     console = console or Console(quiet=not main)
     bg, model = training_inputs(config, run_dir)
@@ -337,79 +564,21 @@ def run(config: TrainConfig, run_dir: Path, console: Console | None = None) -> d
     vdir = open_stage(run_dir, "train", config, inputs, console)
     if vdir.is_complete():
         return already_done(vdir, console, summary_table)
-    torch.manual_seed(config.seed)
-    net = load_causal_lm(model.path, model.ref)
-    if config.gradient_checkpointing:
-        net.gradient_checkpointing_enable()
-    policy = Policy(net, config.logprob_chunk)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
-                                  weight_decay=config.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * len(steps)), len(steps))
-    policy, optimizer = accelerator.prepare(policy, optimizer)
-    accelerator.register_for_checkpointing(scheduler)  # stepped by hand: once per optimizer step
-    expected = {"config": cfg.versioned_dict(config), "world_size": world}
-    start, state = resume_step(accelerator, vdir, expected)
-    metrics_path = vdir.path / "metrics.jsonl"
-    if main:
-        truncate_metrics(metrics_path, start)
-    ref = load_causal_lm(model.path if not config.ref_model else resolve_model(config.ref_model).path, "ref")\
-        .to(accelerator.device).eval() if config.kl_every else None
-    skipped, started = int(state.get("skipped", 0)), time.perf_counter()
+    trainer = Trainer(config, accelerator, vdir, model, tokenizer, len(steps), console)
     console.print(f"{len(examples)} sequences ({dict(dropped) or 'none dropped'}), {len(steps)} steps of "
                   f"{config.batch_size}, {world} process(es); method {config.method} on '{config.dataset}'"
-                  + (f"; resuming at step {start}" if start else ""))
-    with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                  disable=not main) as bar:
-        task = bar.add_task("train", total=len(steps), completed=start, info="")
-        for step in range(start, len(steps)):
+                  + (f"; resuming at step {trainer.start}" if trainer.start else ""))
+    with trainer.progress() as bar:
+        task = bar.add_task("train", total=len(steps), completed=trainer.start, info="")
+        for step in range(trainer.start, len(steps)):
             t0 = time.perf_counter()
             batch = [examples[i] for i in steps[step]]
             mine = batch[rank::world]
-            num_tokens = int(accelerator.reduce(torch.tensor(sum(len(e.ids) - e.prompt_len for e in mine),
-                                                             device=accelerator.device), "sum"))
-            micro = [collate(mine[k : k + config.micro_batch_size], tokenizer.pad_token_id, accelerator.device)
-                     for k in range(0, len(mine), config.micro_batch_size)]
-            policy.train()
-            sums = backward_step(policy, micro, config, num_tokens, len(batch), float(world), accelerator.no_sync)
-            if config.kl_every and (step + 1) % config.kl_every == 0:
-                for b in micro:
-                    kl, n = token_kl(accelerator.unwrap_model(policy).model, ref, b["input_ids"], b["attention_mask"],
-                                     b["response_mask"], config.logprob_chunk)
-                    sums["kl"] += kl
-                    sums["kl_tokens"] += n
-            packed = accelerator.reduce(torch.tensor([sums[k] for k in STAT_KEYS], device=accelerator.device,
-                                                     dtype=torch.float64), "sum")
-            sums = dict(zip(STAT_KEYS, packed.tolist(), strict=True))
-            grad_norm = float(accelerator.clip_grad_norm_(policy.parameters(), config.grad_clip or float("inf")))
-            if math.isfinite(sums["loss"]) and math.isfinite(grad_norm):
-                optimizer.step()
-            else:  # never apply a non-finite update; count it
-                skipped += 1
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            m = step_metrics(step + 1, sums, lr, grad_norm, time.perf_counter() - t0, skipped)
-            if main:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(m) + "\n")
+            sums = trainer.update(step, trainer.micro_batches(mine), trainer.global_tokens(mine), len(batch))
+            m = trainer.log(step, sums, time.perf_counter() - t0)
             bar.update(task, advance=1, info=f"loss {m['loss']:.4f} {m['tokens_per_s']:.0f} tok/s")
-            if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < len(steps):
-                save_checkpoint(accelerator, vdir, step + 1, {**expected, "skipped": skipped})
-    accelerator.wait_for_everyone()
-    if main:
-        save_model(accelerator.unwrap_model(policy).model, tokenizer, vdir.path / "model")
-    accelerator.wait_for_everyone()
-    summary = {"steps": len(steps), "skipped_steps": skipped, "sequences": len(examples), "dropped": dict(dropped),
-               "world_size": world, "final_loss": last_metric(metrics_path, "loss"),
-               "train_seconds_this_run": time.perf_counter() - started, "method": config.method,
-               "data": config.dataset}
-    manifest = store.finalize(vdir, 0, {"summary": summary}) if main else {"summary": summary}
-    if main:
-        shutil.rmtree(vdir.path / "checkpoint", ignore_errors=True)
-        console.print(summary_table(manifest))
-    accelerator.wait_for_everyone()
-    return manifest
+            trainer.checkpoint(step)
+    return trainer.finish({"sequences": len(examples), "dropped": dict(dropped), "data": config.dataset})
 
 
 def save_model(net: torch.nn.Module, tokenizer: Any, final: Path) -> None:

@@ -8,7 +8,7 @@ numerics for hf), so a resumed stage reproduces an uninterrupted one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,10 +45,18 @@ class Sample:
 Progress = Callable[[int, int], None]  # (samples finished, tokens generated) since last call
 
 
+Weights = Iterable[tuple[str, Any]]  # (transformers parameter name, tensor)
+
+
 class Backend(Protocol):
     context_length: int
 
     def generate(self, requests: list[Request], params: SamplingParams, progress: Progress) -> list[Sample]: ...
+
+    def load_weights(self, weights: Weights) -> None:
+        """Replace the served model's weights (names as in the transformers checkpoint); on-policy
+        training calls it after every optimizer step."""
+        ...
 
     def close(self) -> None: ...
 

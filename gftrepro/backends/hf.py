@@ -125,6 +125,15 @@ class HFBackend:
             samples.append(Sample(kept, decode(self.tokenizer, kept, stop), reason, lp))
         return samples
 
+    @torch.no_grad()
+    def load_weights(self, weights) -> None:
+        """Copy new weights into this backend's own copy of the model (cast to its dtype)."""
+        own = self.model.state_dict()
+        for name, tensor in weights:
+            if name not in own:
+                raise GftError(f"hf backend: the new weights hold '{name}', which the served model does not")
+            own[name].copy_(tensor.detach())
+
     def close(self) -> None:
         """Release the model (the protocol's hook for engines that hold processes)."""
         del self.model

@@ -19,8 +19,10 @@ CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU
 
 class VLLMBackend:
     def __init__(self, model: ModelRef, tokenizer, *, tensor_parallel_size: int, gpu_memory_utilization: float,
-                 max_model_len: int, dtype: str, enforce_eager: bool, seed: int):
+                 max_model_len: int, dtype: str, enforce_eager: bool, seed: int, colocated: bool = False):
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines would bury the progress bar
+        if colocated:  # the engine in this process, so load_weights reaches its model directly
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         try:
             import torch
             import vllm
@@ -66,6 +68,15 @@ class VLLMBackend:
             samples.append(Sample(kept, decode(self.tokenizer, kept, stop), reason, lp))
         progress(len(samples), sum(len(s.token_ids) for s in samples))
         return samples
+
+    def load_weights(self, weights) -> None:
+        """New weights through vLLM's own loader (``model.load_weights`` inside the worker, via
+        ``LLM.apply_model``), then the prefix cache is reset: cached KV blocks hold the old weights'
+        activations. Needs the engine in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, which
+        ``colocated=True`` sets), as a trainer sharing its GPU runs it."""
+        pairs = [(name, tensor.detach()) for name, tensor in weights]
+        self.llm.apply_model(lambda model: model.load_weights(weights=iter(pairs)))
+        self.llm.reset_prefix_cache()
 
     def close(self) -> None:
         """Stop the engine's worker processes now, not at interpreter exit."""
