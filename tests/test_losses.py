@@ -19,12 +19,13 @@ def make(seed=0, low=-6.0):
 
 
 def reference_coef(lp: np.ndarray, adv: np.ndarray, method: str, tau: float) -> np.ndarray:
-    """The coefficient on -log p, straight from the paper's table (numpy, float64)."""
+    """The coefficient on -log p, straight from the paper's table (numpy, float64). GRPO with one update
+    per batch (old = sg(log p), ratio 1) has gradient -A grad log p: coefficient A, as gft-no-dcr."""
     p = np.exp(lp)
     c = np.where(p < tau, p, 1.0)
     a = adv[:, None]
     return {"sft": np.ones_like(p), "sft-mix": np.ones_like(p), "dft": p, "gft": a * c,
-            "gft-no-dcr": a * np.ones_like(p), "gft-no-gal": c}[method]
+            "gft-no-dcr": a * np.ones_like(p), "gft-no-gal": c, "grpo": a * np.ones_like(p)}[method]
 
 
 def reference_grad(lp, mask, adv, method, tau, agg):
@@ -129,3 +130,42 @@ def test_bad_arguments():
         token_loss(lp, mask, adv, method="gft", tau=1.5)
     with pytest.raises(ValueError, match="needs advantages"):
         token_loss(lp, mask, None, method="gft")
+
+
+def test_grpo_with_one_update_per_batch_equals_minus_A_log_p():
+    """Ratio 1 (old = sg(log p)): the clipped surrogate's gradient is gft-no-dcr's, for every aggregation."""
+    for agg in AGGREGATIONS:
+        torch.testing.assert_close(grad_of("grpo", 0.7, agg=agg), grad_of("gft-no-dcr", 0.7, agg=agg))
+
+
+def reference_grpo(lp, old, adv, mask, eps, beta=0.0, ref=None):
+    """Clipped surrogate + beta * k3, token-mean (numpy float64): loss value."""
+    r = np.exp(lp - old)
+    a = adv[:, None]
+    per = -np.minimum(r * a, np.clip(r, 1 - eps, 1 + eps) * a)
+    if beta:
+        per = per + beta * (np.exp(ref - lp) - (ref - lp) - 1)
+    return (per * mask).sum() / mask.sum()
+
+
+def test_grpo_clipped_objective_and_kl_term_against_a_float64_reference():
+    lp, mask, adv = make(seed=11)
+    g = torch.Generator().manual_seed(12)
+    old = lp.detach() + 0.5 * torch.randn(B, T, generator=g, dtype=torch.float64)  # ratios well outside 1 +- 0.2
+    ref = lp.detach() + 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    loss = token_loss(lp, mask, adv, method="grpo", old_logprobs=old, clip_eps=0.2, ref_logprobs=ref, beta=0.04)
+    expected = reference_grpo(lp.detach().numpy(), old.numpy(), adv.numpy(), mask.numpy(), 0.2, 0.04, ref.numpy())
+    assert abs(float(loss) - expected) < 1e-12
+    loss.backward()
+    # where the clipped side is taken the ratio gets no gradient: only the KL term's remains there
+    r = (lp.detach() - old).exp()
+    held = ((r > 1.2) & (adv[:, None] > 0)) | ((r < 0.8) & (adv[:, None] < 0))
+    kl_grad = 0.04 * (1 - (ref - lp.detach()).exp()) * mask / mask.sum()
+    torch.testing.assert_close(lp.grad[held & mask.bool()], kl_grad[held & mask.bool()])
+    assert held.any() and (~held & mask.bool()).any()
+
+
+def test_kl_term_needs_reference_logprobs():
+    lp, mask, adv = make()
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        token_loss(lp, mask, adv, method="grpo", beta=0.1)
