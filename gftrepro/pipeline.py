@@ -3,6 +3,8 @@
     gft run                                              # embedded default: SFT vs DFT vs GFT, CPU
     gft run --methods sft,dft,gft,gft-no-dcr,gft-no-gal --seeds 3
     gft run --methods gft --rounds 3                     # re-sample self rollouts from each new checkpoint
+    gft run --methods sft,gft,gft-online,grpo --seeds 3  # on-policy GFT (the authors' setting) and GRPO
+    gft run --methods sft:grpo,gft-online:grpo,sft:gft-online:grpo   # chains (paper Figure 4)
     gft run --config my-run.yaml                         # one file describes the whole run
 
 Chain: sample-teacher -> sample-self -> verify -> build-groups -> train (each method, each seed)
@@ -17,6 +19,13 @@ With ``--rounds R`` (gft and gft-no-dcr), each round after the first samples the
 the previous round's checkpoint, re-verifies, rebuilds the groups (same teacher samples) and trains
 on from that checkpoint: the bridge to the authors' on-policy setting, one round at a time.
 Each stage reads exactly the upstream versions this run made (never "the latest").
+
+Method names: the offline methods (``sft``, ``sft-mix``, ``dft``, ``gft``, ``gft-no-dcr``,
+``gft-no-gal``), their on-policy forms (``gft-online``, ``gft-no-dcr-online``, ``gft-no-gal-online``:
+``gft train --online``) and ``grpo`` (always on-policy). A chain joins names with ``:``, each link
+starting from the previous link's model (``gft train --init``): ``sft:grpo``, ``sft:gft-online:grpo``.
+An offline group method inside a chain trains on groups whose self samples come from the model it
+starts from. KL is always measured against the base student.
 
 Output: ``<run>/summary/summary.md`` (the table), ``training.png`` (loss and entropy per step,
 per method), ``passk.png`` (pass@k per method), printed as a table at the end.
@@ -39,7 +48,7 @@ from gftrepro.build_groups import BuildGroupsConfig
 from gftrepro.config import opt
 from gftrepro.errors import GftError
 from gftrepro.evaluate import EvalConfig
-from gftrepro.losses import METHODS
+from gftrepro.methods import REGISTRY
 from gftrepro.sample import SELF_DEFAULTS, SampleConfig
 from gftrepro.store import atomic_write_bytes
 from gftrepro.train import TrainConfig
@@ -54,19 +63,35 @@ SECTIONS: dict[str, tuple[type, dict[str, Any]]] = {
     "eval": (EvalConfig, {"pass_k": 64, "limit": 200, "batch_size": 256, "max_new_tokens": 64}),
 }
 REPORT_KS = (1, 4, 16, 64)
+RUN_METHODS = {**{n: (n, False) for n, m in REGISTRY.items() if m.can_run_offline},
+               **{f"{n}-online": (n, True) for n, m in REGISTRY.items() if m.online == "optional"},
+               **{n: (n, True) for n, m in REGISTRY.items() if m.online == "always"}}
+
+
+def chain(entry: str) -> list[tuple[str, bool]]:
+    """``sft:gft-online:grpo`` -> [(train method, online), ...]; one clear error for an unknown link."""
+    links = entry.split(":")
+    bad = [x for x in links if x not in RUN_METHODS]
+    if bad:
+        raise GftError(f"unknown method '{bad[0]}' in '{entry}' (known: {', '.join(RUN_METHODS)}; chains join them "
+                       "with ':')")
+    return [RUN_METHODS[x] for x in links]
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    methods: list[str] = opt(["sft", "dft", "gft"], "methods to train and compare")
+    methods: list[str] = opt(["sft", "dft", "gft"], "methods to train and compare: offline (sft, sft-mix, dft, gft, "
+                             "gft-no-dcr, gft-no-gal), on-policy (gft-online, gft-no-dcr-online, gft-no-gal-online, "
+                             "grpo), or chains joined by ':' (sft:grpo)")
     seeds: int = opt(1, "seeds per method (training data order and evaluation sampling)")
     rounds: int = opt(1, "gft / gft-no-dcr: re-sample self rollouts from the new checkpoint, rebuild groups and "
                          "train again, this many rounds in all (the bridge to on-policy training)")
 
     def validate(self) -> None:
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad or not self.methods:
-            raise GftError(f"unknown method '{bad[0] if bad else ''}' (known: {', '.join(METHODS)})")
+        if not self.methods:
+            raise GftError(f"no methods given (known: {', '.join(RUN_METHODS)})")
+        for entry in self.methods:
+            chain(entry)
         if self.seeds < 1 or self.rounds < 1:
             raise GftError("seeds and rounds must be at least 1")
 
@@ -76,7 +101,7 @@ def read_run_file(path: Path | None) -> dict[str, Any]:
     data = cfg.read_yaml(path) if path is not None else {}
     unknown = [k for k in data if k not in SECTIONS and k not in [f.name for f in dataclasses.fields(RunConfig)]]
     if unknown:
-        raise GftError(f"unknown config key '{unknown[0]}' in {path} (run keys: methods, seeds; stage sections: "
+        raise GftError(f"unknown config key '{unknown[0]}' in {path} (run keys: methods, seeds, rounds; stage sections: "
                        f"{', '.join(SECTIONS)})")
     return data
 
@@ -114,17 +139,13 @@ def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Conso
     for seed in range(stages["train"].seed, stages["train"].seed + config.seeds):
         base_eval = dataclasses.replace(stages["eval"], model=student, seed=seed)
         results["base"].append({"eval": evaluate.run(base_eval, run_dir, console)["metrics"], "train": None})
-        for method in config.methods:
-            model_dir, metrics = train_method(stages, run_dir, method, seed, groups["version"], student, console)
-            for _ in range(1, config.rounds if method in ("gft", "gft-no-dcr") else 1):
-                regrouped = make_groups(stages, run_dir, teacher["version"], str(model_dir), student, console)
-                model_dir, more = train_method(stages, run_dir, method, seed, regrouped["version"], str(model_dir),
-                                               console)
-                metrics += [{**m, "step": m["step"] + metrics[-1]["step"]} for m in more]
-            curves.setdefault(method, metrics)
+        for entry in config.methods:
+            model_dir, metrics = train_chain(stages, run_dir, entry, seed, groups, teacher["version"], config.rounds,
+                                             console)
+            curves.setdefault(entry, metrics)
             ecfg = dataclasses.replace(stages["eval"], model=str(model_dir), seed=seed)
-            results.setdefault(method, []).append({"eval": evaluate.run(ecfg, run_dir, console)["metrics"],
-                                                   "train": metrics})
+            results.setdefault(entry, []).append({"eval": evaluate.run(ecfg, run_dir, console)["metrics"],
+                                                  "train": metrics})
     signal_share = groups["summary"]["groups_out"] / max(groups["summary"]["prompts_in"], 1)
     rows = summary_rows(results, signal_share)
     write_outputs(run_dir / "summary", rows, results, curves, config)
@@ -145,13 +166,39 @@ def make_groups(stages: dict[str, Any], run_dir: Path, teacher_version: str, sam
                                                 model=student), run_dir, console)
 
 
+def train_chain(stages: dict[str, Any], run_dir: Path, entry: str, seed: int, groups: dict, teacher_version: str,
+                rounds: int, console: Console) -> tuple[Path, list[dict]]:
+    """Train every link of ``entry`` (one method, or a chain), each from the previous link's model; the
+    final model folder and the concatenated per-step metrics (steps numbered on across links)."""
+    student = stages["sample-self"].model
+    start, metrics = student, []
+    for method, online in chain(entry):
+        if online:
+            links = [train_method(stages, run_dir, method, seed, "", start, console, groups["inputs"]["verify"])]
+        else:
+            version = groups["version"] if start == student else \
+                make_groups(stages, run_dir, teacher_version, start, student, console)["version"]
+            links = [train_method(stages, run_dir, method, seed, version, start, console)]
+            for _ in range(1, rounds if REGISTRY[method].rounds else 1):  # --rounds: re-sample, retrain
+                regrouped = make_groups(stages, run_dir, teacher_version, str(links[-1][0]), student, console)
+                links.append(train_method(stages, run_dir, method, seed, regrouped["version"], str(links[-1][0]),
+                                          console))
+        for model_dir, more in links:
+            offset = metrics[-1]["step"] if metrics else 0
+            metrics += [{**m, "step": m["step"] + offset} for m in more]
+            start = str(model_dir)
+    return Path(start), metrics
+
+
 def train_method(stages: dict[str, Any], run_dir: Path, method: str, seed: int, groups_version: str, start: str,
-                 console: Console) -> tuple[Path, list[dict]]:
-    """Train ``method`` from ``start`` on those groups; the model folder and its per-step metrics."""
+                 console: Console, verify_version: str = "") -> tuple[Path, list[dict]]:
+    """Train ``method`` from ``start`` on those groups (offline) or on-policy over that verify version (when
+    given); the model folder and its per-step metrics."""
     from gftrepro import train
 
     tcfg = dataclasses.replace(stages["train"], method=method, seed=seed, build_groups_version=groups_version,
-                               model=start, ref_model=stages["sample-self"].model)  # KL to the base student
+                               model=start, ref_model=stages["sample-self"].model,  # KL to the base student
+                               online=bool(verify_version), verify_version=verify_version)
     manifest = train.run(tcfg, run_dir, console)
     model_dir = run_dir / "train" / manifest["version"] / "model"
     return model_dir, [json.loads(x) for x in (model_dir.parent / "metrics.jsonl").read_text().splitlines() if x]
@@ -175,12 +222,23 @@ def summary_rows(results: dict[str, list[dict]], signal_share: float) -> list[di
                 kls = [m["kl_ref"] for m in r["train"] if "kl_ref" in m]
                 if kls:
                     values.setdefault("kl_to_base", []).append(kls[-1])
-        row = {"model": name, "seeds": len(runs),
-               "groups_with_signal": signal_share if name.startswith("gft") and name != "gft-no-gal" else None}
+        row = {"model": name, "seeds": len(runs), "groups_with_signal": signal_of(name, runs, signal_share)}
         for key, vals in values.items():
             row[key] = (float(np.mean(vals)), float(np.std(vals)) if len(vals) > 1 else None)
         rows.append(row)
     return rows
+
+
+def signal_of(entry: str, runs: list[dict], offline_share: float) -> float | None:
+    """Share of groups with mixed rewards: the built groups' (offline) or the mean over on-policy steps (the
+    last link of a chain decides)."""
+    if entry == "base":
+        return None
+    method, online = chain(entry)[-1]
+    if online:
+        shares = [m["zero_variance_share"] for r in runs for m in r["train"] if "zero_variance_share" in m]
+        return 1 - float(np.mean(shares)) if shares and not REGISTRY[method].reward_weighted else None
+    return offline_share if REGISTRY[method].uses_advantage else None
 
 
 def cell(value: Any, percent: bool) -> str:

@@ -39,23 +39,30 @@ def passk_plot(by_model: dict[str, dict], path: Path) -> None:
     tmp.replace(path)
 
 
+TRAINING_PANELS = (("loss", "training loss"), ("entropy", "mean policy entropy (response tokens)"),
+                   ("kl_ref", "KL(pi_theta || pi_base) per token"), ("rectified_share", "DCR-rectified share (p < tau)"),
+                   ("reward/self", "on-policy reward (self samples)"))
+
+
 def training_plot(curves: dict[str, list[dict]], path: Path) -> None:
-    """Loss and mean policy entropy per optimizer step, one line per method."""
+    """Per optimizer step, one line per method: loss, entropy, KL to the base, the DCR-rectified share of
+    tokens and, for on-policy methods, the mean reward of the self samples (panels with no data are left out)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.3))
-    for method, metrics in curves.items():
-        steps = [m["step"] for m in metrics]
-        axes[0].plot(steps, [m["loss"] for m in metrics], label=method)
-        axes[1].plot(steps, [m["entropy"] for m in metrics], label=method)
-    for ax, title in zip(axes, ("training loss", "mean policy entropy (response tokens)"), strict=True):
-        ax.set_title(title)
+    panels = [(k, t) for k, t in TRAINING_PANELS if any(k in m for ms in curves.values() for m in ms)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.3), squeeze=False)
+    for ax, (key, title) in zip(axes.flat, panels, strict=True):
+        for method, metrics in curves.items():
+            points = [(m["step"], m[key]) for m in metrics if key in m]
+            if points:
+                ax.plot(*zip(*points, strict=True), label=method, marker="." if len(points) < 30 else None)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
