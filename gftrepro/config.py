@@ -55,6 +55,10 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise GftError(f"config key '{name}' must be a list of strings, got {value!r}")
         return list(value)
+    if bt is dict or typing.get_origin(bt) is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise GftError(f"config key '{name}' must be a mapping, got {value!r}")
     if bt is bool:
         if isinstance(value, bool):
             return value

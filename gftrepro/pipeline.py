@@ -84,6 +84,8 @@ class RunConfig:
                              "gft-no-dcr, gft-no-gal), on-policy (gft-online, gft-no-dcr-online, gft-no-gal-online, "
                              "grpo), or chains joined by ':' (sft:grpo)")
     seeds: int = opt(1, "seeds per method (training data order and evaluation sampling)")
+    per_method: dict = opt({}, "train keys per method, over the train section (e.g. sft: {lr: 5.0e-5}): chains "
+                               "mix methods whose settings differ")
     rounds: int = opt(1, "gft / gft-no-dcr: re-sample self rollouts from the new checkpoint, rebuild groups and "
                          "train again, this many rounds in all (the bridge to on-policy training)")
 
@@ -92,6 +94,11 @@ class RunConfig:
             raise GftError(f"no methods given (known: {', '.join(RUN_METHODS)})")
         for entry in self.methods:
             chain(entry)
+        for method, keys in self.per_method.items():
+            if method not in REGISTRY or not isinstance(keys, dict):
+                raise GftError(f"per_method: '{method}' must be a train method ({', '.join(REGISTRY)}) mapping to "
+                               "train keys")
+            cfg.check_keys(TrainConfig, keys, f"per_method.{method}")
         if self.seeds < 1 or self.rounds < 1:
             raise GftError("seeds and rounds must be at least 1")
 
@@ -117,6 +124,7 @@ def stage_configs(path: Path | None) -> dict[str, Any]:
         cfg.check_keys(cls, section, f"section '{name}' of {path}")
         out[name] = cfg.build(cls, defaults, section)
         out[name].validate()
+    out["per_method"] = data.get("per_method") or {}
     return out
 
 
@@ -166,6 +174,14 @@ def make_groups(stages: dict[str, Any], run_dir: Path, teacher_version: str, sam
                                                 model=student), run_dir, console)
 
 
+def train_config_for(stages: dict[str, Any], method: str) -> TrainConfig:
+    """The train section with ``method`` and that method's ``per_method`` keys applied, validated."""
+    keys = stages.get("per_method", {}).get(method, {})
+    config = cfg.build(TrainConfig, cfg.to_dict(stages["train"]), keys, {"method": method})
+    config.validate()
+    return config
+
+
 def train_chain(stages: dict[str, Any], run_dir: Path, entry: str, seed: int, groups: dict, teacher_version: str,
                 rounds: int, console: Console) -> tuple[Path, list[dict]]:
     """Train every link of ``entry`` (one method, or a chain), each from the previous link's model; the
@@ -196,7 +212,7 @@ def train_method(stages: dict[str, Any], run_dir: Path, method: str, seed: int, 
     given); the model folder and its per-step metrics."""
     from gftrepro import train
 
-    tcfg = dataclasses.replace(stages["train"], method=method, seed=seed, build_groups_version=groups_version,
+    tcfg = dataclasses.replace(train_config_for(stages, method), seed=seed, build_groups_version=groups_version,
                                model=start, ref_model=stages["sample-self"].model,  # KL to the base student
                                online=bool(verify_version), verify_version=verify_version)
     manifest = train.run(tcfg, run_dir, console)

@@ -7,6 +7,8 @@ estimates from stated assumptions (each overridable by a flag):
 - generated tokens = samples x ``--mean-new-tokens`` (default 600: an assumption for math
   chain-of-thought; ``gft eval``/sampling record the real ``completion_tokens`` after a first run);
 - trained tokens = training sequences x (``--mean-prompt-tokens`` + mean new tokens) x epochs;
+- on-policy methods: steps x prompts_per_step x self_k samples generated during training (counted
+  as generation) plus the groups' tokens trained, per link of a chain;
 - GPU-hours: generation at ``--gen-tok-s`` x (1.5 / params in B) tokens/s per GPU (default 15,000
   for a 1.5B model: an assumption, vLLM was not measurable here); training at 16,912 x (1.54 /
   params in B) tokens/s per H100 (measured: benchmarks/RESULTS.md, Qwen2-1.5B-shaped, bf16);
@@ -96,19 +98,16 @@ def plan_rows(run: Any, stages: dict[str, Any], run_dir: Path, a: Assumptions) -
                  "samples": None, "tokens": None, "gpu_h": 0.0, "done": done["verify"]})
     rows.append({"stage": "build-groups", "model": "-", "work": f"K = {g.k} ({g.n_expert}:{g.n_teacher}:{g.n_self})",
                  "samples": None, "tokens": None, "gpu_h": 0.0, "done": done["build-groups"]})
-    t = stages["train"]
+    from gftrepro.pipeline import chain as links_of
+    from gftrepro.pipeline import train_config_for
+
     p = params_of(ss.model)
-    for method in run.methods:
-        as_run = dataclasses.replace(t, method=method, build_groups_version=done["build-groups"] or "",
-                                     model=ss.model)  # as gft run trains it (first seed)
-        trained = complete_with(run_dir, "train", as_run, {"build-groups": done["build-groups"]}) \
-            if done["build-groups"] else None
-        sequences = ss.limit * g.k if method in ("gft", "gft-no-dcr") else ss.limit * (1 if method != "sft-mix" else
-                                                                                        1 + st.n)
-        tokens = sequences * (a.mean_prompt_tokens + a.mean_new_tokens) * t.epochs
-        hours = None if p is None else tokens / (TRAIN_TOK_S_1P5B * 1.54 / max(p, 1e-3)) / 3600
-        rows.append({"stage": f"train {method}", "model": ss.model, "work": f"{sequences:,} sequences",
-                     "samples": None, "tokens": tokens, "gpu_h": hours, "done": trained})
+    for entry in run.methods:
+        links = links_of(entry)
+        for method, online in links:
+            t = train_config_for(stages, method)
+            rows.append(online_row(entry, method, t, stages, a, p) if online else
+                        offline_row(entry, method, t, stages, run_dir, done, a, p, single=len(links) == 1))
     e = stages["eval"]
     from gftrepro.benchmarks import resolve_names
 
@@ -120,6 +119,43 @@ def plan_rows(run: Any, stages: dict[str, Any], run_dir: Path, a: Assumptions) -
                  "work": f"{len(names)} benchmarks, {problems:,} problems x n = {e.samples}", "samples": samples,
                  "tokens": tokens, "gpu_h": gpu_hours_gen(tokens, ss.model, a), "done": None})
     return rows
+
+
+def train_hours(tokens: float, p: float | None) -> float | None:
+    return None if p is None else tokens / (TRAIN_TOK_S_1P5B * 1.54 / max(p, 1e-3)) / 3600
+
+
+def offline_row(entry: str, method: str, t: Any, stages: dict[str, Any], run_dir: Path, done: dict, a: Assumptions,
+                p: float | None, single: bool) -> dict:
+    from gftrepro import methods
+
+    ss, st, g = stages["sample-self"], stages["sample-teacher"], stages["build-groups"]
+    trained = None
+    if single and done["build-groups"]:
+        as_run = dataclasses.replace(t, method=method, build_groups_version=done["build-groups"], model=ss.model)
+        trained = complete_with(run_dir, "train", as_run, {"build-groups": done["build-groups"]})
+    data = methods.get(method).data
+    sequences = ss.limit * {"groups": g.k, "sft": 1, "sft-mix": 1 + st.n}[data]
+    tokens = sequences * (a.mean_prompt_tokens + a.mean_new_tokens) * t.epochs
+    return {"stage": f"train {method}" + ("" if single else f" ({entry})"), "model": ss.model,
+            "work": f"{sequences:,} sequences", "samples": None, "tokens": tokens, "gpu_h": train_hours(tokens, p),
+            "done": trained}
+
+
+def online_row(entry: str, method: str, t: Any, stages: dict[str, Any], a: Assumptions, p: float | None) -> dict:
+    """On-policy: every step samples prompts_per_step x self_k completions, then trains on the groups."""
+    ss = stages["sample-self"]
+    per_epoch = max(1, ss.limit // t.prompts_per_step)
+    steps = t.max_steps or per_epoch * t.epochs
+    expert, teacher, own = t.group
+    samples = steps * t.prompts_per_step * own
+    new_tokens = min(a.mean_new_tokens, t.rollout_max_new_tokens)
+    trained = steps * t.prompts_per_step * (expert + teacher + own) * (a.mean_prompt_tokens + new_tokens)
+    gen = gpu_hours_gen(samples * new_tokens, ss.model, a)
+    hours = None if gen is None or p is None else gen + train_hours(trained * t.ppo_epochs, p)
+    return {"stage": f"train {method} on-policy" + (f" ({entry})" if entry != method else ""), "model": ss.model,
+            "work": f"{steps:,} steps x {t.prompts_per_step} prompts, K = {expert}+{teacher}+{own}",
+            "samples": samples, "tokens": samples * new_tokens + trained, "gpu_h": hours, "done": None}
 
 
 # problems per benchmark (the shared copies' counts; TabMWP: the 1,000-problem test subset, assumed)

@@ -51,6 +51,8 @@ SOURCES_NOTE = """# Sources of the values:
 #     128 prompts x 8 per step, prompts <= 1,024 and responses <= 2,048 tokens, tau 0.1 in the released
 #     script; DFT/SFT lr 5e-5, AdamW (0.9, 0.95), weight decay 0.01, 10% warmup + cosine, clip 1.0,
 #     batch 256, max length 2,048, 1 epoch.
+#   GRPO (paper section 4.1): 8 samples per prompt, no KL term; its lr and batch are not stated: ours are the
+#     authors' GFT values (lr 1e-6, 128 prompts per step), one update per batch (ratio 1).
 #   our choices: sampling temperature 1.0 for teacher and self samples (not stated), new tokens capped at
 #     context - 1,024 (Qwen2.5-Math and DeepSeekMath have 4,096 in total), Llama contexts capped at 8,192
 #     for vLLM memory, seeds 0/1, KL to the base logged every 20 steps.
@@ -65,6 +67,15 @@ def sampling(facts: ModelFacts, model: str, n: int, limit: int, seed: int, tp: i
             "stop_tokens": list(facts.stops) if model == facts.hub else ["<|im_end|>", "<|endoftext|>"],
             "seed": seed, "backend": "vllm", "shard_size": 256, "tensor_parallel_size": tp,
             "max_model_len": context}
+
+
+def online_section(facts: ModelFacts) -> dict:
+    """On-policy keys (gft-online, grpo): the authors' 128 prompts per step and 2,048 response tokens;
+    vLLM colocated with the trainer (our choice: 30% of GPU memory for the engine)."""
+    return {"prompts_per_step": 128, "rollout_backend": "vllm", "rollout_temperature": 1.0,
+            "rollout_max_new_tokens": min(2048, facts.context - PROMPT_BUDGET), "rollout_batch_size": 64,
+            "rollout_gpu_memory_utilization": 0.3, "verify_workers": 16, "verify_timeout": 5.0,
+            "adv_std": "unbiased", "adv_eps": 1e-6, "ppo_epochs": 1, "clip_eps": 0.2, "kl_coef": 0.0}
 
 
 def train_section(method: str, facts: ModelFacts) -> dict:
@@ -86,10 +97,16 @@ def eval_section(facts: ModelFacts, n: int, temperature: float, benchmarks: list
 
 
 def recipe(facts: ModelFacts, methods: list[str], *, limit: int, ratio: tuple[int, int, int] = (1, 3, 4),
-           tau: float = 0.7, eval_n: int = 16, eval_t: float = 0.5, benchmarks: list[str] | None = None) -> dict:
-    train = train_section(methods[0], facts) | {"tau": tau}
+           tau: float = 0.7, eval_n: int = 16, eval_t: float = 0.5, benchmarks: list[str] | None = None,
+           online: bool = False) -> dict:
+    first = methods[0].split(":")[-1].removesuffix("-online")
+    train = train_section(first, facts) | {"tau": tau} | (online_section(facts) if online else {})
+    per_method = {}
+    if online and any(m.split(":")[0] == "sft" for m in methods):  # chains starting with SFT: its own recipe
+        sft = train_section("sft", facts)
+        per_method = {"sft": {k: sft[k] for k in ("lr", "batch_size", "max_length")}}
     return {
-        "methods": methods, "seeds": 1,
+        "methods": methods, "seeds": 1, **({"per_method": per_method} if per_method else {}),
         "sample-teacher": sampling(facts, TEACHER, 3, limit, 0, 4),
         "sample-self": sampling(facts, facts.hub, 4, limit, 1, 1),
         "verify": {"workers": 16, "timeout": 5.0},
@@ -116,6 +133,17 @@ def runs(facts: ModelFacts) -> dict[str, tuple[str, dict]]:
                               benchmarks=["sat_math", "minerva_math", "tabmwp"])),
         "forgetting.yaml": ("GFT and SFT on the general-reasoning benchmarks (Table 3: MAWPS, SVAMP, MMLU-STEM)",
                             recipe(facts, ["gft", "sft"], limit=10_000, benchmarks=["mawps", "svamp", "mmlu_stem"])),
+        "gft-online.yaml": ("GFT on-policy as the authors' code runs it: 4 self samples drawn from the current policy "
+                            "every step, 128 prompts x K = 8 per step, lr 1e-6, tau 0.7 (paper)",
+                            recipe(facts, ["gft-online"], limit=10_000, online=True)),
+        "gft-online-tau0.1.yaml": ("GFT on-policy with the tau = 0.1 of the authors' released script",
+                                   recipe(facts, ["gft-online"], limit=10_000, tau=0.1, online=True)),
+        "grpo.yaml": ("GRPO, the paper's RL baseline (Tables 1, 4): 8 on-policy samples per prompt, no KL term",
+                      recipe(facts, ["grpo"], limit=10_000, online=True)),
+        "chains.yaml": ("SFT -> GRPO, GFT -> GRPO and SFT -> GFT -> GRPO (Figure 4), each link from the previous "
+                        "model; SFT links keep the SFT recipe's lr, batch and length (per_method)",
+                        recipe(facts, ["sft:grpo", "gft-online:grpo", "sft:gft-online:grpo"], limit=10_000,
+                               online=True)),
     }
     for demo, own in ((8, 0), (6, 2), (4, 4), (2, 6), (0, 8)):
         out[f"ratio-{demo}-{own}.yaml"] = (f"Group composition N_demo:N_sample = {demo}:{own} (Table 5)",
