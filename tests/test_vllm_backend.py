@@ -19,7 +19,7 @@ def engine(student_path):
     model = resolve_model("testbed:student")
     tok = load_tokenizer(model)
     backend = VLLMBackend(model, tok, tensor_parallel_size=1, gpu_memory_utilization=0.9, max_model_len=0,
-                          dtype="auto", enforce_eager=True, seed=0)
+                          dtype="auto", enforce_eager=True, seed=0, colocated=True)
     yield backend, tok, stop_token_ids(tok, model.path, ["<|im_end|>", "<|endoftext|>"]), model
     backend.close()
 
@@ -76,3 +76,46 @@ def test_sample_self_stage_with_the_vllm_backend(tmp_path):
     again = gft("sample-self", "--run", str(tmp_path), "--backend", "vllm", "--enforce-eager", "--limit", "8",
                 "--shard-size", "4", "--max-new-tokens", "24", "--logprobs", check=True)
     assert "nothing to do" in again.stdout
+
+
+def test_load_weights_serves_the_new_weights(engine):
+    """After load_weights (vLLM's own loader, as on-policy training calls it), greedy continuations and their
+    log-probs are those of the new weights under transformers; loading the old weights back restores them."""
+    from transformers import AutoModelForCausalLM
+
+    backend, tok, stops, model = engine
+    hf = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32)
+    original = {k: v.clone() for k, v in hf.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    reqs = [Request(ids(tok, q), seed=0) for q in ("Compute 3 * 4 + 5.", "Compute 9 - 2.")]
+    greedy = SamplingParams(0.0, 1.0, 12, stops, True)
+    before = backend.generate(reqs, greedy, lambda *_: None)
+    backend.load_weights(hf.state_dict().items())
+    after = backend.generate(reqs, greedy, lambda *_: None)
+    assert [s.token_ids for s in after] != [s.token_ids for s in before]
+    for r, s in zip(reqs, after, strict=True):
+        with torch.no_grad():
+            expected = hf.generate(torch.tensor([r.prompt_ids]), do_sample=False, max_new_tokens=12,
+                                   eos_token_id=stops, pad_token_id=tok.pad_token_id)[0, len(r.prompt_ids):].tolist()
+            logits = hf(torch.tensor([r.prompt_ids + s.token_ids])).logits[0, len(r.prompt_ids) - 1 : -1]
+        assert s.token_ids == expected[: len(s.token_ids)]
+        ref = torch.log_softmax(logits, -1).gather(1, torch.tensor(s.token_ids)[:, None]).squeeze(1)
+        torch.testing.assert_close(torch.tensor(s.logprobs), ref, atol=2e-3, rtol=0)
+    backend.load_weights(original.items())
+    restored = backend.generate(reqs, greedy, lambda *_: None)
+    assert [s.token_ids for s in restored] == [s.token_ids for s in before]
+
+
+def test_online_grpo_with_the_colocated_vllm_sampler(tmp_path):
+    small = ["--limit", "8", "--shard-size", "8", "--max-new-tokens", "16"]
+    gft("sample-teacher", "--run", str(tmp_path), *small, check=True)
+    gft("verify", "--run", str(tmp_path), "--sources", "expert,teacher", check=True)
+    gft("train", "--run", str(tmp_path), "--method", "grpo", "--model", "testbed:student", "--rollout-backend",
+        "vllm", "--max-steps", "2", "--prompts-per-step", "4", "--rollout-max-new-tokens", "24", check=True)
+    (v,) = (tmp_path / "train").iterdir()
+    df = pd.concat([pd.read_parquet(p) for p in sorted((v / "rollouts").glob("step-*.parquet"))])
+    assert sorted(df.step.unique()) == [1, 2] and len(df) == 2 * 4 * 8 and (df.source == "self").all()
+    assert (v / "manifest.json").exists()

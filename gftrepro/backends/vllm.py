@@ -70,12 +70,13 @@ class VLLMBackend:
         return samples
 
     def load_weights(self, weights) -> None:
-        """New weights through vLLM's own loader (``model.load_weights`` inside the worker, via
-        ``LLM.apply_model``), then the prefix cache is reset: cached KV blocks hold the old weights'
-        activations. Needs the engine in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, which
-        ``colocated=True`` sets), as a trainer sharing its GPU runs it."""
+        """New weights through vLLM's own in-place reload (the worker's ``reload_weights``: checkpoint
+        names, then the same post-load processing as at start-up), then the prefix cache is reset:
+        cached KV blocks hold the old weights' activations. The tensors are passed by reference, so the
+        engine must live in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, which ``colocated=True``
+        sets), as a trainer sharing its GPU runs it."""
         pairs = [(name, tensor.detach()) for name, tensor in weights]
-        self.llm.apply_model(lambda model: model.load_weights(weights=iter(pairs)))
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(pairs)})
         self.llm.reset_prefix_cache()
 
     def close(self) -> None:
