@@ -109,8 +109,9 @@ def main() -> None:
         b = trl_peer(run, args)
     print(f"\n{platform.machine()}, {os.cpu_count()} cores; {args.prompts_per_step} prompts x K = {args.k}, "
           f"<= {args.max_new_tokens} new tokens, {args.steps} steps (median of steps 2..{args.steps})")
-    print(f"gft grpo step: {a['step_s']:.3f} s  (sample {a['sample_seconds']:.3f}, verify {a['verify_seconds']:.3f}, "
-          f"update {a['update_seconds']:.3f}, sync {a['sync_seconds']:.4f}; {a['tokens_per_sample']:.1f} tokens/sample)")
+    print(f"gft grpo step: {a['step_s']:.3f} s  (sample {a['sample_seconds']:.3f}, "
+          f"verify {a['verify_seconds']:.3f}, update {a['update_seconds']:.3f}, sync {a['sync_seconds']:.4f}; "
+          f"{a['tokens_per_sample']:.1f} tokens/sample)")
     print(f"TRL GRPOTrainer step: {b['step_s']:.3f} s")
     print(f"ours / TRL step time: {a['step_s'] / b['step_s']:.2f}x")
 

@@ -161,7 +161,7 @@ def register() -> None:
     stage_command("build-groups", BuildGroupsConfig, build_groups_stage,
                   "Build groups of K = expert + teacher + self responses with group advantages (GAL).")
     stage_command("train", TrainConfig, train_stage,
-                  "Train the student: gft, its ablations, the sft / sft-mix / dft baselines, or grpo (--online: on-policy).")
+                  "Train the student: gft, its ablations, sft / sft-mix / dft, or grpo (--online: on-policy).")
     stage_command("eval", EvalConfig, eval_stage,
                   "Evaluate a model: n samples per benchmark problem, avg@n, pass@k, maj@k (--compare).")
 

@@ -55,10 +55,8 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise GftError(f"config key '{name}' must be a list of strings, got {value!r}")
         return list(value)
-    if bt is dict or typing.get_origin(bt) is dict:
-        if isinstance(value, dict):
-            return dict(value)
-        raise GftError(f"config key '{name}' must be a mapping, got {value!r}")
+    if bt is dict:
+        return coerce_mapping(name, value)
     if bt is bool:
         if isinstance(value, bool):
             return value
@@ -70,6 +68,12 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
     if bt is str and isinstance(value, str | int | float) and not isinstance(value, bool):
         return str(value)
     raise GftError(f"config key '{name}' must be of type {bt.__name__}, got {value!r}")
+
+
+def coerce_mapping(name: str, value: Any) -> dict:
+    if isinstance(value, dict):
+        return dict(value)
+    raise GftError(f"config key '{name}' must be a mapping, got {value!r}")
 
 
 def require(checks: list[tuple[bool, str]]) -> None:

@@ -53,7 +53,7 @@ from gftrepro.errors import GftError
 from gftrepro.models import ModelRef, format_prompt, load_tokenizer, stop_token_ids
 from gftrepro.pool import DeadlinePool
 from gftrepro.stage import already_done, open_stage
-from gftrepro.train import Example, Trainer, TrainConfig, make_accelerator, start_model, summary_table, tokenize
+from gftrepro.train import Example, TrainConfig, Trainer, make_accelerator, start_model, summary_table, tokenize
 from gftrepro.verify import judge
 from gftrepro.verify_stage import Scorer, VerifyConfig, gold_map
 
@@ -220,7 +220,7 @@ def open_sampler(config: TrainConfig, settings: dict, model: ModelRef, tokenizer
 
 def run(config: TrainConfig, run_dir: Path, console: Console | None = None) -> dict:
     accelerator = make_accelerator(config)
-    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    world, main = accelerator.num_processes, accelerator.is_main_process
     console = console or Console(quiet=not main)
     default_model = ""
     if not config.init and not config.model:

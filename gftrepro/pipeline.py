@@ -108,8 +108,8 @@ def read_run_file(path: Path | None) -> dict[str, Any]:
     data = cfg.read_yaml(path) if path is not None else {}
     unknown = [k for k in data if k not in SECTIONS and k not in [f.name for f in dataclasses.fields(RunConfig)]]
     if unknown:
-        raise GftError(f"unknown config key '{unknown[0]}' in {path} (run keys: methods, seeds, rounds; stage sections: "
-                       f"{', '.join(SECTIONS)})")
+        raise GftError(f"unknown config key '{unknown[0]}' in {path} (run keys: methods, seeds, rounds, per_method; "
+                       f"stage sections: {', '.join(SECTIONS)})")
     return data
 
 

@@ -40,7 +40,8 @@ def passk_plot(by_model: dict[str, dict], path: Path) -> None:
 
 
 TRAINING_PANELS = (("loss", "training loss"), ("entropy", "mean policy entropy (response tokens)"),
-                   ("kl_ref", "KL(pi_theta || pi_base) per token"), ("rectified_share", "DCR-rectified share (p < tau)"),
+                   ("kl_ref", "KL(pi_theta || pi_base) per token"),
+                   ("rectified_share", "DCR-rectified share (p < tau)"),
                    ("reward/self", "on-policy reward (self samples)"))
 
 

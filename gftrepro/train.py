@@ -55,11 +55,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from gftrepro import config as cfg
-from gftrepro import store
+from gftrepro import methods, store
+from gftrepro.build_groups import STD_MODES
 from gftrepro.config import opt, require
 from gftrepro.errors import GftError
-from gftrepro import methods
-from gftrepro.build_groups import STD_MODES
 from gftrepro.logprobs import Policy, token_kl
 from gftrepro.losses import AGGREGATIONS, token_loss
 from gftrepro.methods import METHODS
