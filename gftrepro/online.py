@@ -223,14 +223,9 @@ def run(config: TrainConfig, run_dir: Path, console: Console | None = None) -> d
     world, main = accelerator.num_processes, accelerator.is_main_process
     console = console or Console(quiet=not main)
     default_model = ""
-    if not config.init and not config.model:
-        verify = store.chosen_version(run_dir, "verify", config.verify_version)
-        self_version = verify.read_manifest()["inputs"].get("sample-self")
-        if self_version:
-            default_model = store.VersionDir(run_dir / "sample-self" / self_version, "sample-self",
-                                             self_version).read_manifest()["config"]["model"]
-        if not default_model:
-            raise GftError("no sample-self stage to take the student from: pass --model or --init")
+    if not config.init and not config.model:  # the student sample-self used, as build-groups finds it
+        _, sampled = build_groups.read_inputs(BuildGroupsConfig(verify_version=config.verify_version), run_dir)
+        default_model = build_groups.student_settings(BuildGroupsConfig(), sampled)[0]
     model = start_model(config, run_dir, default_model)
     tokenizer = load_tokenizer(model)
     verify, prompts, dropped, settings = load_prompts(config, run_dir, model, tokenizer)
