@@ -4,7 +4,9 @@ Local files (``--benchmark-dir DIR``) are read from ``DIR/<folder>/test.jsonl`` 
 the public Qwen2.5-Math-style evaluation suites (the shared benchmark copies use them). Without
 a folder, a benchmark with a known hub source is loaded with ``datasets`` (users with network
 access); one without is an error that says to pass ``--benchmark-dir``. ``testbed`` is the bundled
-held-out split. ``paper`` names the GFT paper's 11 benchmarks (its Tables 1-3).
+held-out split, ``testbed-probe`` the bundled out-of-domain probe (a skill the embedded student
+learned in pretraining and the fine-tuning data never shows: the miniature of the paper's
+forgetting benchmarks). ``paper`` names the GFT paper's 11 benchmarks (its Tables 1-3).
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class Benchmark:
     gold: Callable[[dict], str]
     multiple_choice: bool = False
     hub: tuple[str, str | None, str] | None = None  # (dataset id, config, split) for users with network access
+    bundled: str | None = None  # a split of the bundled testbed (data/testbed/<split>.jsonl)
 
 
 def field(*names: str) -> Callable[[dict], str]:
@@ -86,7 +89,8 @@ def field(*names: str) -> Callable[[dict], str]:
 
 
 REGISTRY: dict[str, Benchmark] = {b.name: b for b in [
-    Benchmark("testbed", "testbed", field("problem"), field("answer")),
+    Benchmark("testbed", "testbed", field("problem"), field("answer"), bundled="test"),
+    Benchmark("testbed-probe", "testbed", field("problem"), field("answer"), bundled="probe"),
     Benchmark("math500", "math_oai", field("problem"), lambda r: strip_dollars(str(r["answer"])),
               hub=("HuggingFaceH4/MATH-500", None, "test")),
     Benchmark("minerva_math", "minerva_math", field("problem"), minerva_gold),
@@ -125,8 +129,8 @@ def resolve_names(names: list[str]) -> list[Benchmark]:
 
 def read_rows(bench: Benchmark, benchmark_dir: str) -> tuple[list[dict], str]:
     """Raw rows and where they came from."""
-    if bench.name == "testbed":
-        path = BUNDLED["testbed"] / "test.jsonl"
+    if bench.bundled is not None:
+        path = BUNDLED["testbed"] / f"{bench.bundled}.jsonl"
     elif benchmark_dir:
         path = Path(benchmark_dir) / bench.folder / "test.jsonl"
     elif bench.hub is not None:

@@ -188,6 +188,18 @@ def run_all(
     guarded(body)
 
 
+@app.command("report")
+def report(run: Path = typer.Option(DEFAULT_RUN, "--run", "--run-dir", help="run folder (made by gft run)")) -> None:
+    """The paper's claims, one per row: where it makes them, our numbers, and a verdict by rule."""
+
+    def body() -> None:
+        from gftrepro import report as reporter
+
+        reporter.report(run, Console())
+
+    guarded(body)
+
+
 @app.command("plan")
 def plan(
     config: Path = typer.Option(..., "--config", "-c", help="whole-run YAML (as for gft run)"),

@@ -158,7 +158,9 @@ def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Conso
     rows = summary_rows(results, signal_share)
     write_outputs(run_dir / "summary", rows, results, curves, config)
     Console(width=max(console.width, 130), file=console.file).print(summary_table(rows, config))
-    return {"rows": rows}
+    from gftrepro import report
+
+    return {"rows": rows, "claims": report.report(run_dir, console)}
 
 
 def make_groups(stages: dict[str, Any], run_dir: Path, teacher_version: str, sampler: str, student: str,
@@ -220,27 +222,45 @@ def train_method(stages: dict[str, Any], run_dir: Path, method: str, seed: int, 
     return model_dir, [json.loads(x) for x in (model_dir.parent / "metrics.jsonl").read_text().splitlines() if x]
 
 
+FORGETTING = ("testbed-probe", "mawps", "svamp", "mmlu_stem")  # probes of prior skills (paper Table 3)
+
+
 def summary_rows(results: dict[str, list[dict]], signal_share: float) -> list[dict]:
-    """Mean and spread over seeds of each reported metric, per model."""
+    """Mean and spread over seeds of each reported metric, per model, and every seed's value.
+
+    Accuracy is on the eval's first benchmark (the held-out split of the training task); ``probe`` is
+    pass@1 averaged over the forgetting probes that were evaluated; ``<benchmark>/<metric>`` keeps every
+    benchmark's numbers (in ``per_seed`` only)."""
     rows = []
     for name, runs in results.items():
         n = runs[0]["eval"]["n"]
         values: dict[str, list[float]] = {}
         for r in runs:
-            avg = r["eval"]["average"]
-            values.setdefault(f"avg@{n}", []).append(avg[f"avg@{n}"])
+            benches = r["eval"]["benchmarks"]
+            main = benches[next(iter(benches))]
+            values.setdefault(f"avg@{n}", []).append(main[f"avg@{n}"])
             for k in REPORT_KS:
-                if f"pass@{k}" in avg:
-                    values.setdefault(f"pass@{k}", []).append(avg[f"pass@{k}"])
+                if f"pass@{k}" in main:
+                    values.setdefault(f"pass@{k}", []).append(main[f"pass@{k}"])
+            probes = [benches[b]["pass@1"] for b in FORGETTING if b in benches]
+            if probes:
+                values.setdefault("probe", []).append(float(np.mean(probes)))
             if r["train"]:
                 last = r["train"][-1]
                 values.setdefault("entropy", []).append(last["entropy"])
                 kls = [m["kl_ref"] for m in r["train"] if "kl_ref" in m]
                 if kls:
                     values.setdefault("kl_to_base", []).append(kls[-1])
-        row = {"model": name, "seeds": len(runs), "groups_with_signal": signal_of(name, runs, signal_share)}
+            for bench, m in benches.items():
+                for key, value in m.items():
+                    if key.startswith(("avg@", "pass@")):
+                        values.setdefault(f"{bench}/{key}", []).append(value)
+        row: dict[str, Any] = {"model": name, "seeds": len(runs),
+                               "groups_with_signal": signal_of(name, runs, signal_share)}
         for key, vals in values.items():
-            row[key] = (float(np.mean(vals)), float(np.std(vals)) if len(vals) > 1 else None)
+            if "/" not in key:
+                row[key] = (float(np.mean(vals)), float(np.std(vals)) if len(vals) > 1 else None)
+        row["per_seed"] = values
         rows.append(row)
     return rows
 
@@ -269,7 +289,7 @@ def cell(value: Any, percent: bool) -> str:
 
 
 def columns(rows: list[dict]) -> list[tuple[str, bool]]:
-    keys = [k for k in rows[0] if k.startswith(("avg@", "pass@"))]
+    keys = [k for k in rows[0] if k.startswith(("avg@", "pass@"))] + (["probe"] if "probe" in rows[0] else [])
     return [(k, True) for k in keys] + [("entropy", False), ("kl_to_base", False), ("groups_with_signal", True)]
 
 
@@ -285,7 +305,7 @@ def summary_table(rows: list[dict], config: RunConfig) -> Table:
 
 
 def write_outputs(folder: Path, rows: list[dict], results: dict, curves: dict, config: RunConfig) -> None:
-    from gftrepro.plots import passk_plot, training_plot
+    from gftrepro.plots import passk_band_plot, training_plot
 
     folder.mkdir(parents=True, exist_ok=True)
     cols = columns(rows)
@@ -294,5 +314,5 @@ def write_outputs(folder: Path, rows: list[dict], results: dict, curves: dict, c
     note = f"\nmethods {', '.join(config.methods)}; {config.seeds} seed(s); mean ± std over seeds.\n"
     atomic_write_bytes(folder / "summary.md", ("\n".join(lines) + "\n" + note).encode())
     atomic_write_bytes(folder / "summary.json", json.dumps(rows, indent=1).encode())
-    passk_plot({name: runs[0]["eval"] for name, runs in results.items()}, folder / "passk.png")
+    passk_band_plot(rows, list(next(iter(results.values()))[0]["eval"]["benchmarks"]), folder / "passk.png")
     training_plot(curves, folder / "training.png")

@@ -161,7 +161,7 @@ def online_row(entry: str, method: str, t: Any, stages: dict[str, Any], a: Assum
 # problems per benchmark (the shared copies' counts; TabMWP: the 1,000-problem test subset, assumed)
 BENCH_SIZES = {"math500": 500, "minerva_math": 272, "olympiadbench": 675, "aime24": 30, "aime25": 30, "amc23": 40,
                "college_math": 2818, "gaokao2023en": 383, "tabmwp": 1000, "sat_math": 32, "mmlu_stem": 3018,
-               "mawps": 2065, "svamp": 1000, "gsm8k": 1319, "testbed": 300}
+               "mawps": 2065, "svamp": 1000, "gsm8k": 1319, "testbed": 300, "testbed-probe": 300}
 
 
 def memory_note(model: str, a: Assumptions) -> str:

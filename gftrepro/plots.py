@@ -39,6 +39,40 @@ def passk_plot(by_model: dict[str, dict], path: Path) -> None:
     tmp.replace(path)
 
 
+def passk_band_plot(rows: list[dict], benchmarks: list[str], path: Path) -> None:
+    """Pass@k against k (log scale) per model: the mean over seeds with a band of ± one std, one panel per
+    benchmark. ``rows``: gftrepro.pipeline.summary_rows (their ``per_seed`` values)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(benchmarks), figsize=(5.2 * len(benchmarks), 3.8), squeeze=False)
+    for ax, bench in zip(axes.flat, benchmarks, strict=True):
+        for row in rows:
+            per = row["per_seed"]
+            ks = sorted(int(key.rsplit("@", 1)[1]) for key in per if key.startswith(f"{bench}/pass@"))
+            if not ks:
+                continue
+            values = np.array([per[f"{bench}/pass@{k}"] for k in ks]) * 100  # [k, seed]
+            mean, std = values.mean(axis=1), values.std(axis=1)
+            (line,) = ax.plot(ks, mean, marker="o", markersize=3, label=f"{row['model']} ({row['seeds']})")
+            if values.shape[1] > 1:
+                ax.fill_between(ks, mean - std, mean + std, color=line.get_color(), alpha=0.18, linewidth=0)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{bench}: pass@k, mean ± std over seeds", fontsize=9)
+        ax.set_xlabel("k")
+        ax.set_ylabel("pass@k (%)")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7, title="model (seeds)", title_fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 TRAINING_PANELS = (("loss", "training loss"), ("entropy", "mean policy entropy (response tokens)"),
                    ("kl_ref", "KL(pi_theta || pi_base) per token"),
                    ("rectified_share", "DCR-rectified share (p < tau)"),

@@ -21,10 +21,21 @@ def test_bundled_answers_are_right_and_splits_disjoint():
     data = task.generate()
     for rows in data.values():
         for row in rows:
-            expr = row["problem"].removeprefix("Compute ").removesuffix(".")
-            assert eval(expr) == int(row["answer"])  # noqa: S307 - our own generated arithmetic
+            if row["kind"] == "largest":
+                numbers = row["problem"].split(":")[1].strip(" ?").split(", ")
+                assert max(map(int, numbers)) == int(row["answer"])
+            else:
+                expr = row["problem"].removeprefix("Compute ").removesuffix(".")
+                assert eval(expr) == int(row["answer"])  # noqa: S307 - our own generated arithmetic
             assert row["solution"].endswith(f"\\boxed{{{row['answer']}}}.")
-    assert not {r["problem"] for r in data["train"]} & {r["problem"] for r in data["test"]}
+    texts = {split: {r["problem"] for r in rows} for split, rows in data.items()}
+    for a in texts:
+        for b in texts:
+            assert a == b or not texts[a] & texts[b], (a, b)  # no problem in two splits
+    assert {r["kind"] for r in data["train"] + data["test"]} == {"arith-2step", "arith-3step"}
+    assert {r["kind"] for r in data["probe"]} == {"largest"}
+    kinds = [r["kind"] for r in data["pretrain"]]
+    assert kinds.count("largest") > kinds.count("arith-2step") + kinds.count("arith-3step")  # few of the task
 
 
 def test_prompt_id_is_a_hash_of_the_text_not_the_row():

@@ -43,11 +43,12 @@ MODEL_SPECS: dict[str, dict[str, int | float]] = {
     "student": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
                 "intermediate_size": 192, "seed": 2, "steps": 1500, "lr": 3e-3, "variants": 0},
 }
+DATA = {"teacher": ("pretrain", "train"), "student": ("pretrain",)}
 ARCH_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 VOCAB_SIZE = 384
 BATCH = 32
 MAX_POSITIONS = 1024
-RECIPE_VERSION = 2  # bump when the build below changes
+RECIPE_VERSION = 3  # bump when the build below changes
 
 
 def cache_root() -> Path:
@@ -57,13 +58,14 @@ def cache_root() -> Path:
 def recipe_hash(name: str) -> str:
     from gftrepro.testbed.task import SEED
 
-    recipe = {"spec": MODEL_SPECS[name], "template": CHAT_TEMPLATE, "v": RECIPE_VERSION, "data_seed": SEED,
+    recipe = {"spec": MODEL_SPECS[name], "data": DATA[name], "template": CHAT_TEMPLATE, "v": RECIPE_VERSION, "data_seed": SEED,
               "vocab": VOCAB_SIZE}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def chat_pairs(variants: int, seed: int) -> list[tuple[str, str]]:
-    """(prompt, response) texts of the train split as the pipeline formats them."""
+def chat_pairs(splits: tuple[str, ...], variants: int, seed: int) -> list[tuple[str, str]]:
+    """(prompt, response) texts of the bundled ``splits`` as the pipeline formats them; each arithmetic
+    problem of the fine-tuning kind also gets ``variants`` solutions in random valid step orders."""
     import json
     import random
 
@@ -73,13 +75,16 @@ def chat_pairs(variants: int, seed: int) -> list[tuple[str, str]]:
 
     rng = random.Random(seed)
     pairs = []
-    with open(BUNDLED["testbed"] / "train.jsonl", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            prompt = (f"<|im_start|>system\n{QWEN_MATH_COT}<|im_end|>\n<|im_start|>user\n{row['problem']}<|im_end|>\n"
-                      "<|im_start|>assistant\n")
-            pairs.append((prompt, row["solution"] + "<|im_end|>"))
-            pairs.extend((prompt, varied_solution(row["problem"], rng) + "<|im_end|>") for _ in range(variants))
+    for split in splits:
+        with open(BUNDLED["testbed"] / f"{split}.jsonl", encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                prompt = (f"<|im_start|>system\n{QWEN_MATH_COT}<|im_end|>\n<|im_start|>user\n{row['problem']}"
+                          "<|im_end|>\n<|im_start|>assistant\n")
+                pairs.append((prompt, row["solution"] + "<|im_end|>"))
+                if row["kind"] in ("arith-2step", "arith-3step"):
+                    pairs.extend((prompt, varied_solution(row["problem"], rng) + "<|im_end|>")
+                                 for _ in range(variants))
     return pairs
 
 
@@ -94,7 +99,7 @@ def build_tokenizer():
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    core.train_from_iterator((p + r for p, r in chat_pairs(0, 0)), trainer)
+    core.train_from_iterator((p + r for p, r in chat_pairs(("pretrain", "train"), 0, 0)), trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                   additional_special_tokens=["<|im_start|>"])
     tok.chat_template = CHAT_TEMPLATE
@@ -116,7 +121,7 @@ def train_sft(model, tokenizer, name: str) -> None:
     spec = MODEL_SPECS[name]
     steps = int(spec["steps"])
     examples = []
-    for i, (prompt, response) in enumerate(chat_pairs(int(spec["variants"]), int(spec["seed"]))):
+    for i, (prompt, response) in enumerate(chat_pairs(DATA[name], int(spec["variants"]), int(spec["seed"]))):
         p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         r = tokenizer(response, add_special_tokens=False)["input_ids"]
         examples.append(Example(p + r, len(p), 1.0, "expert", i))

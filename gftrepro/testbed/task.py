@@ -22,8 +22,9 @@ from pathlib import Path
 
 OPS = ("+", "-", "*")
 PRECEDENCE = {"+": 1, "-": 1, "*": 2}
-SPLITS = {"train": 2000, "test": 300}
-SEED = 20261122
+SPLITS = {"test": 300, "probe": 300, "train": 2000, "pretrain": 8000}
+PRETRAIN_MIX = {"largest": 0.45, "arith-1step": 0.45, "fine-tune": 0.10}
+SEED = 20261123
 
 
 @dataclass(frozen=True)
@@ -131,23 +132,46 @@ def write_solution(steps: list[Node]) -> str:
     return "\n".join(lines)
 
 
-def make_problem(rng: random.Random) -> dict[str, str]:
-    tree = random_tree(rng, rng.randint(2, 3))
-    return {
-        "problem": f"Compute {render(tree)}.",
-        "solution": write_solution(steps_postorder(tree)),
-        "answer": str(tree.value),
-    }
+def arithmetic(rng: random.Random, leaves: int) -> dict[str, str]:
+    tree = random_tree(rng, leaves)
+    return {"problem": f"Compute {render(tree)}.", "solution": write_solution(steps_postorder(tree)),
+            "answer": str(tree.value), "kind": f"arith-{leaves - 1}step"}
+
+
+def largest(rng: random.Random) -> dict[str, str]:
+    """The probe skill: pick the largest of 3-4 two-digit numbers, answered in one line."""
+    numbers = rng.sample(range(10, 100), rng.randint(3, 4))
+    best = max(numbers)
+    return {"problem": f"Which number is the largest: {', '.join(map(str, numbers))}?",
+            "solution": f"The largest is {best}.\nThe answer is \\boxed{{{best}}}.", "answer": str(best),
+            "kind": "largest"}
+
+
+def fine_tune_problem(rng: random.Random) -> dict[str, str]:
+    """The fine-tuning task (train and test splits): 2-3 step arithmetic (3-4 leaves)."""
+    return arithmetic(rng, rng.randint(3, 4))
+
+
+def pretrain_problem(rng: random.Random) -> dict[str, str]:
+    """The student's broad pretraining mix: PRETRAIN_MIX shares of the probe skill, one-step arithmetic,
+    and a few problems of the fine-tuning kind."""
+    kind = rng.choices(list(PRETRAIN_MIX), weights=list(PRETRAIN_MIX.values()))[0]
+    return largest(rng) if kind == "largest" else arithmetic(rng, 2) if kind == "arith-1step" \
+        else fine_tune_problem(rng)
+
+
+MAKERS = {"train": fine_tune_problem, "test": fine_tune_problem, "probe": largest, "pretrain": pretrain_problem}
 
 
 def generate(seed: int = SEED, splits: dict[str, int] = SPLITS) -> dict[str, list[dict[str, str]]]:
-    """Disjoint splits (no problem text appears twice across or within splits)."""
+    """Disjoint splits: no problem text appears twice across or within splits, except the one-step
+    problems of the pretraining mix (there are only 243 of them; they never occur in another split)."""
     rng, seen, out = random.Random(seed), set(), {}
     for split, size in splits.items():
         rows = []
         while len(rows) < size:
-            row = make_problem(rng)
-            if row["problem"] not in seen:
+            row = MAKERS[split](rng)
+            if row["kind"] == "arith-1step" or row["problem"] not in seen:
                 seen.add(row["problem"])
                 rows.append(row)
         out[split] = rows

@@ -1,0 +1,121 @@
+"""gft report: the verdict rule on hand-made numbers (every verdict reachable), the paper's numbers
+shipped in the repo, the CLI on a hand-made summary and on bad input, and the probe benchmark."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from gftrepro import report
+from gftrepro.benchmarks import load_benchmark, resolve_names
+from gftrepro.cli import app
+from gftrepro.pipeline import summary_rows
+
+
+def row(model, seeds=3, **metrics):
+    return {"model": model, "seeds": seeds, **{k: list(v) for k, v in metrics.items()}}
+
+
+def by_id(rows):
+    return {r["id"]: r for r in rows}
+
+
+def test_rule_above_needs_apart_intervals():
+    assert report.holds("above", (0.50, 0.01), (0.40, 0.02))
+    assert not report.holds("above", (0.50, 0.05), (0.40, 0.06))  # overlap: 0.45 vs 0.46
+    assert not report.holds("above", (0.40, 0.0), (0.50, 0.0))
+
+
+def test_rule_not_below_fails_only_when_wholly_below():
+    assert report.holds("not below", (0.40, 0.06), (0.50, 0.05))  # overlapping
+    assert report.holds("not below", (0.60, 0.0), (0.50, 0.0))
+    assert not report.holds("not below", (0.40, 0.01), (0.50, 0.02))
+    with pytest.raises(ValueError):
+        report.holds("beside", (0, 0), (0, 0))
+
+
+def test_each_verdict_reachable_on_hand_made_numbers():
+    good = [row("base", probe=(0.80, 0.01), **{"pass@1": (0.30, 0.01), "pass@64": (0.90, 0.01)}),
+            row("sft", probe=(0.60, 0.01), entropy=(0.05, 0.001), kl_to_base=(0.20, 0.01),
+                **{"pass@1": (0.40, 0.01), "pass@64": (0.92, 0.01)}),
+            row("gft-online", probe=(0.79, 0.02), entropy=(0.09, 0.001), kl_to_base=(0.02, 0.01),
+                **{"pass@1": (0.45, 0.01), "pass@64": (0.95, 0.01)}),
+            row("grpo", probe=(0.81, 0.01), entropy=(0.04, 0.001), kl_to_base=(0.01, 0.01),
+                **{"pass@1": (0.46, 0.01), "pass@64": (0.93, 0.01)})]
+    got = by_id(report.report_rows(good))
+    for cid in ("pass1", "passk", "forget-sft", "forget-gft", "forget-grpo", "kl", "entropy"):
+        assert got[cid]["verdict"] == report.REPRODUCED, cid
+    assert "gft-online" in got["pass1"]["ours"] and "pass@64" in got["passk"]["ours"]  # online form, largest k
+    for cid in ("no-dcr", "no-gal", "chain"):
+        assert got[cid]["verdict"] == report.NOT_MEASURED and "needs" in got[cid]["ours"]
+    for cid in ("ratio", "tau"):
+        assert got[cid]["verdict"] == report.NOT_MEASURED and "a run per setting" in got[cid]["ours"]
+
+    bad = [dict(r) for r in good]
+    bad[2] = row("gft-online", probe=(0.50, 0.01), entropy=(0.01, 0.001), kl_to_base=(0.5, 0.01),
+                 **{"pass@1": (0.41, 0.02), "pass@64": (0.80, 0.01)})
+    got = by_id(report.report_rows(bad))
+    for cid in ("pass1", "passk", "forget-gft", "kl", "entropy"):
+        assert got[cid]["verdict"] == report.NOT_REPRODUCED, cid
+
+
+def test_offline_gft_and_ablations_used_when_no_online_form():
+    rows = [row("sft", **{"pass@1": (0.40, 0.0)}), row("gft", **{"pass@1": (0.30, 0.0)}),
+            row("gft-no-dcr", seeds=1, **{"pass@1": (0.20, 0.0)}), row("gft-no-gal", **{"pass@1": (0.35, 0.0)})]
+    got = by_id(report.report_rows(rows))
+    assert got["pass1"]["verdict"] == report.NOT_REPRODUCED and "gft 30.0" in got["pass1"]["ours"]
+    assert got["no-dcr"]["verdict"] == report.REPRODUCED and got["no-dcr"]["seeds"] == 1
+    assert got["no-gal"]["verdict"] == report.NOT_REPRODUCED
+
+
+def test_paper_numbers_ship_in_the_repo_with_sources():
+    paper = report.paper_numbers()
+    assert report.PAPER_RESULTS.is_relative_to(report.PAPER_RESULTS.parents[2])  # inside the repo
+    assert "2604.14258" in paper["_about"] and "shared" not in paper["_about"]
+    assert paper["gft_table4_passk"]["rows"]["pass@128"]["gft"]["avg"] == 62.16
+    texts = report.paper_texts(paper)
+    assert "GFT 62.16, GRPO 49.87" in texts["passk"]
+
+
+def test_cli_report_writes_claims_and_refuses_bad_input(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", "--run", str(tmp_path / "nope")])
+    assert result.exit_code != 0 and "no run summary" in result.output
+    summary = tmp_path / "run" / "summary"
+    summary.mkdir(parents=True)
+    (summary / "summary.json").write_text('{"model": ')
+    result = runner.invoke(app, ["report", "--run", str(tmp_path / "run")])
+    assert result.exit_code != 0 and "not valid JSON" in result.output
+    results = {"base": [{"eval": eval_metrics(0.3, 0.8), "train": None}],
+               "sft": [{"eval": eval_metrics(0.4, 0.5), "train": [{"step": 1, "entropy": 0.1, "kl_ref": 0.3}]}]}
+    (summary / "summary.json").write_text(json.dumps(summary_rows(results, 0.5)))
+    result = runner.invoke(app, ["report", "--run", str(tmp_path / "run")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    claims = (summary / "claims.md").read_text()
+    assert "| SFT forgets: probe pass@1 below the base |" in claims and "**reproduced**" in claims
+    assert "**not measured**" in claims
+
+
+def eval_metrics(main_pass1, probe_pass1):
+    bench = {"testbed": {"avg@4": main_pass1, "pass@1": main_pass1, "pass@4": min(1.0, 2 * main_pass1)},
+             "testbed-probe": {"avg@4": probe_pass1, "pass@1": probe_pass1, "pass@4": probe_pass1}}
+    return {"n": 4, "benchmarks": bench}
+
+
+def test_summary_rows_keep_per_seed_and_probe():
+    results = {"base": [{"eval": eval_metrics(0.3, 0.8), "train": None},
+                        {"eval": eval_metrics(0.5, 0.6), "train": None}]}
+    (r,) = summary_rows(results, 0.5)
+    assert r["pass@1"] == pytest.approx((0.4, 0.1)) and r["probe"] == pytest.approx((0.7, 0.1))
+    assert r["per_seed"]["testbed-probe/pass@1"] == [0.8, 0.6] and r["per_seed"]["pass@4"] == [0.6, 1.0]
+
+
+def test_probe_benchmark_reads_the_bundled_probe_split():
+    (bench,) = resolve_names(["testbed-probe"])
+    problems, source = load_benchmark(bench, "", limit=0)
+    assert source.endswith("probe.jsonl") and len(problems) == 300
+    assert all(p["question"].startswith("Which number is the largest") for p in problems)
+    numbers = [int(x) for x in problems[0]["question"].split(":")[1].strip(" ?").split(", ")]
+    assert problems[0]["gold"] == str(max(numbers))
+    test, _ = load_benchmark(resolve_names(["testbed"])[0], "", limit=0)
+    assert not {p["question"] for p in test} & {p["question"] for p in problems}
