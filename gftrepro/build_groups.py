@@ -45,13 +45,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
-from rich.table import Table
 
 from gftrepro import schema, store
 from gftrepro.config import opt
 from gftrepro.errors import GftError
 from gftrepro.models import format_prompt, load_tokenizer, resolve_model
-from gftrepro.stage import already_done, open_stage
+from gftrepro.stage import already_done, done_line, open_stage
 
 STD_MODES = ("unbiased", "population", "none")
 FILLS = ("teacher", "repeat")
@@ -231,7 +230,7 @@ def run(config: BuildGroupsConfig, run_dir: Path, console: Console | None = None
     inputs = {"verify": verify.version, "student": {"ref": model.ref, "fingerprint": model.fingerprint}}
     vdir = open_stage(run_dir, "build-groups", config, inputs, console)
     if vdir.is_complete():
-        return already_done(vdir, console, summary_table)
+        return already_done(vdir, console, summary_line)
     vdir.clear_stale_temporaries()
     tokenizer = load_tokenizer(model)
     problems: dict[str, dict] = {}
@@ -250,7 +249,7 @@ def run(config: BuildGroupsConfig, run_dir: Path, console: Console | None = None
     count = max(1, -(-len(groups) // config.groups_per_shard))
     manifest = store.finalize(vdir, count, {"summary": counts})
     assert manifest is not None
-    console.print(summary_table(manifest))
+    done_line(console, summary_line(manifest))
     return manifest
 
 
@@ -329,25 +328,7 @@ def write_single(path: Path, pools: dict[str, Pools], prompts: dict, problems: d
     store.write_table(path, rows_table(rows))
 
 
-def summary_table(manifest: dict) -> Table:
+def summary_line(manifest: dict) -> str:
     s = manifest["summary"]
-    table = Table(title=f"build-groups {manifest['version']}", show_header=False)
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    table.add_row("prompts in", str(s["prompts_in"]))
-    table.add_row("groups out (with signal)", str(s["groups_out"]))
-    for reason, n in sorted(s["dropped"].items()):
-        table.add_row(f"dropped: {reason}", str(n))
-    for kind, n in sorted(s["zero_variance"].items()):
-        table.add_row(f"zero-variance groups: {kind}", str(n))
-    for how, n in sorted(s["expert_fills"].items()):
-        table.add_row(f"expert slots filled by {how}", str(n))
-    for what, n in sorted(s["excluded"].items()):
-        table.add_row(f"excluded responses: {what}", str(n))
-    for source, st in s["by_source"].items():
-        table.add_row(f"{source}: rows / mean reward / A > 0",
-                      f"{st['rows']} / {st['mean_reward']:.2f} / {st['positive_advantage_share']:.0%}")
-    a = s["advantage"]
-    table.add_row("advantage min / p25 / median / p75 / max",
-                  f"{a['min']:.2f} / {a['p25']:.2f} / {a['median']:.2f} / {a['p75']:.2f} / {a['max']:.2f}")
-    return table
+    rewards = ", ".join(f"{src} {st['mean_reward']:.2f}" for src, st in s["by_source"].items() if src != "expert")
+    return f"{s['groups_out']} of {s['prompts_in']} prompts make groups with signal; mean reward {rewards}"

@@ -34,8 +34,12 @@ STATE = {"debug": os.environ.get("GFT_DEBUG") == "1"}
 
 
 @app.callback()
-def main_options(debug: bool = typer.Option(False, "--debug", help="show tracebacks on errors")) -> None:
+def main_options(debug: bool = typer.Option(False, "--debug", help="show tracebacks on errors"),
+                 verbose: bool = typer.Option(False, "--verbose", "-v", help="print each stage's resolved config "
+                                              "(always in its config.json)")) -> None:
     STATE["debug"] = STATE["debug"] or debug
+    if verbose:
+        os.environ["GFT_VERBOSE"] = "1"  # read by gftrepro.stage, inherited by launched processes
 
 
 def quiet_libraries() -> None:
@@ -173,7 +177,7 @@ register()
 def run_all(
     config: Path | None = typer.Option(None, "--config", "-c", help="whole-run YAML: methods, seeds, stage sections"),
     run: Path = typer.Option(DEFAULT_RUN, "--run", "--run-dir", help="run folder"),
-    methods: str | None = typer.Option(None, "--methods", help="comma-separated [default: 'sft,dft,gft']"),
+    methods: str | None = typer.Option(None, "--methods", help="comma-separated [default: 'sft,gft,gft-online,grpo']"),
     seeds: int | None = typer.Option(None, "--seeds", help="seeds per method [default: 1]"),
     rounds: int | None = typer.Option(None, "--rounds", help="gft: re-sample and retrain rounds [default: 1]"),
 ) -> None:

@@ -147,3 +147,23 @@ def content_hash(payload: Any, length: int = 12) -> str:
 
 def to_yaml(config: Any) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True, width=100)
+
+
+def changed(config: Any, skip: tuple[str, ...] = (), baseline: Any = None) -> str:
+    """``key=value`` for every field that differs from ``baseline`` (default: the class defaults), except
+    the ``skip`` ones: the header line of a stage."""
+    out = []
+    for f in dataclasses.fields(config):
+        if f.name in skip:
+            continue
+        if baseline is not None:
+            default = getattr(baseline, f.name)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = f.default
+        value = getattr(config, f.name)
+        if value != default:
+            shown = ",".join(map(str, value)) if isinstance(value, list) else value
+            out.append(f"{f.name}={shown}")
+    return " ".join(out)

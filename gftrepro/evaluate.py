@@ -52,7 +52,7 @@ from gftrepro.metrics import benchmark_metrics, ks_up_to, macro_average
 from gftrepro.models import format_prompt, load_tokenizer, resolve_model, stop_token_ids
 from gftrepro.pool import DeadlinePool
 from gftrepro.sample import sample_seed
-from gftrepro.stage import open_stage
+from gftrepro.stage import done_line, open_stage, verbose
 from gftrepro.verify import judge, normalise
 from gftrepro.verify_stage import Scorer, VerifyConfig
 
@@ -69,7 +69,8 @@ class EvalConfig(GenerationOptions):
     """Generation settings (``GenerationOptions``) plus what to evaluate."""
 
     model: str = opt("testbed:student", "model: testbed:<name>, a local folder (a gft train model), or a hub id")
-    benchmarks: list[str] = opt(["testbed", "testbed-probe"], "benchmark names (the first is the main one), or 'paper' for the paper's 11", versioned=False)
+    benchmarks: list[str] = opt(["testbed", "testbed-probe"], "benchmark names (the first is the main one), or "
+                                "'paper' for the paper's 11", versioned=False)
     benchmark_dir: str = opt("", "folder with <benchmark>/test.jsonl copies ('' = the hub)", versioned=False)
     limit: int = opt(0, "first N problems of each benchmark (0 = all)", versioned=False)
     pass_k: int = opt(16, "largest k reported (pass@1, 2, 4, ... up to it)", versioned=False)
@@ -159,7 +160,9 @@ def collect(folder: Path, problems: list[dict], n: int) -> tuple[np.ndarray, lis
     return correct, answers, capped
 
 
-def run(config: EvalConfig, run_dir: Path, console: Console | None = None) -> dict:
+def run(config: EvalConfig, run_dir: Path, console: Console | None = None, table: bool = True) -> dict:
+    """Sample, score and report; ``table``: print the metrics table (``gft eval``) or only the summary
+    line (inside ``gft run``, whose own table follows)."""
     console = console or Console()
     if config.compare:
         from gftrepro.compare import compare
@@ -168,20 +171,18 @@ def run(config: EvalConfig, run_dir: Path, console: Console | None = None) -> di
     n = config.samples
     benches = resolve_names(config.benchmarks)
     loaded = {b.name: load_benchmark(b, config.benchmark_dir, config.limit) for b in benches}
-    for name, (problems, source) in loaded.items():
-        console.print(f"{name}: {len(problems)} problems from {source}")
     model = resolve_model(config.model)
     vdir = open_stage(run_dir, "eval", config, {"model": {"ref": model.ref, "fingerprint": model.fingerprint}},
                       console)
+    if verbose():
+        for name, (problems, source) in loaded.items():
+            console.print(f"  {name}: {len(problems)} problems from {source}", highlight=False)
     jobs = {b.name: plan(loaded[b.name][0], bench_folder(vdir, b, config.limit), config.shard_size, n) for b in benches}
-    todo = sum(len(j) for j in jobs.values())
-    console.print(f"{len(benches)} benchmark(s), n = {n}: {todo} shards to sample"
-                  + (" (all samples present: nothing to sample)" if not todo else ""), soft_wrap=True)
     started = time.perf_counter()
-    if todo:
+    if any(jobs.values()):
         draw(config, model, benches, loaded, jobs, vdir, console)
     seconds = time.perf_counter() - started
-    return report(config, vdir, benches, loaded, n, seconds, console)
+    return report(config, vdir, benches, loaded, n, seconds, console, table)
 
 
 def draw(config: EvalConfig, model, benches: list[Benchmark], loaded: dict, jobs: dict, vdir: store.VersionDir,
@@ -195,7 +196,8 @@ def draw(config: EvalConfig, model, benches: list[Benchmark], loaded: dict, jobs
     with closing(make_backend(config, model, tokenizer)) as backend, \
             DeadlinePool(judge, config.workers, config.timeout, preload=["math_verify", "gftrepro.verify"]) as pool, \
             Progress(TextColumn("[bold]eval"), BarColumn(), TextColumn("{task.completed}/{task.total} samples"),
-                     TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
+                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+                     disable=not console.is_terminal) as bar:
         scorer = Scorer(verify, pool)
         task = bar.add_task("eval", total=total)
         for bench in benches:
@@ -216,7 +218,7 @@ def draw(config: EvalConfig, model, benches: list[Benchmark], loaded: dict, jobs
 
 
 def report(config: EvalConfig, vdir: store.VersionDir, benches: list[Benchmark], loaded: dict, n: int,
-           seconds: float, console: Console) -> dict:
+           seconds: float, console: Console, show_table: bool = True) -> dict:
     ks = ks_up_to(n, [config.pass_k])
     per_bench, capped = {}, {}
     for bench in benches:
@@ -227,14 +229,23 @@ def report(config: EvalConfig, vdir: store.VersionDir, benches: list[Benchmark],
                "capped_samples": capped, "model": config.model, "temperature": config.temperature}
     path = vdir.path / f"metrics-n{n}.json"
     if vdir.is_complete() and path.exists() and json.loads(path.read_text()) == json.loads(json.dumps(metrics)):
-        console.print(f"[green]complete[/green]: eval {vdir.version} already has these metrics, nothing to do")
         manifest = vdir.read_manifest()
+        console.print(f"  [green]already complete, nothing to sample[/green]: {summary_line(metrics)}",
+                      highlight=False)
     else:
         manifest = write_reports(vdir, metrics, config.model, seconds)
-    console.print(metrics_table(metrics, f"eval {vdir.version}: {config.model}"))
-    if any(capped.values()):
-        console.print(f"samples that hit the token cap (counted wrong): {capped}")
+        done_line(console, summary_line(metrics))
+    if show_table:
+        console.print(metrics_table(metrics, f"eval {vdir.version}: {config.model}", console.width))
     return manifest
+
+
+def summary_line(metrics: dict) -> str:
+    """pass@1 / pass@n per benchmark, and how many samples hit the token cap (counted wrong)."""
+    n, capped = metrics["n"], sum(metrics["capped_samples"].values())
+    parts = [f"{name} {100 * m['pass@1']:.1f} / {100 * m[f'pass@{n}']:.1f}"
+             for name, m in metrics["benchmarks"].items()]
+    return ", ".join(parts) + f" (pass@1 / pass@{n})" + (f"; {capped} at the token cap" if capped else "")
 
 
 def write_reports(vdir: store.VersionDir, metrics: dict, model: str, seconds: float) -> dict:
@@ -257,10 +268,15 @@ def metric_columns(metrics: dict) -> list[str]:
     return [f"avg@{n}"] + [f"pass@{k}" for k in ks] + [f"maj@{ks[-1]}"]
 
 
-def metrics_table(metrics: dict, title: str) -> Table:
-    table = Table(title=title)
-    table.add_column("benchmark")
+def metrics_table(metrics: dict, title: str, width: int = 200) -> Table:
+    """avg@n, pass@k for each k, maj@n; in a narrow terminal only the k that fit (1, 4, 16, ... and n),
+    so no number is ever clipped."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("benchmark", overflow="fold")
     columns = metric_columns(metrics)
+    while 18 + 9 * len(columns) > width and len(columns) > 4:  # drop every other k from the middle
+        ks = [c for c in columns if c.startswith("pass@")]
+        columns = [c for c in columns if c not in ks[1:-1:2]] if len(ks) > 2 else columns[:4]
     for col in columns:
         table.add_column(col, justify="right")
     rows = list(metrics["benchmarks"].items())

@@ -52,8 +52,8 @@ from gftrepro.build_groups import BuildGroupsConfig, Pools
 from gftrepro.errors import GftError
 from gftrepro.models import ModelRef, format_prompt, load_tokenizer, stop_token_ids
 from gftrepro.pool import DeadlinePool
-from gftrepro.stage import already_done, open_stage
-from gftrepro.train import Example, TrainConfig, Trainer, make_accelerator, start_model, summary_table, tokenize
+from gftrepro.stage import already_done, open_stage, verbose
+from gftrepro.train import Example, TrainConfig, Trainer, make_accelerator, start_model, summary_line, tokenize
 from gftrepro.verify import judge
 from gftrepro.verify_stage import Scorer, VerifyConfig, gold_map
 
@@ -233,13 +233,14 @@ def run(config: TrainConfig, run_dir: Path, console: Console | None = None) -> d
     inputs = {"verify": verify.version, "model": {"ref": model.ref, "fingerprint": model.fingerprint}}
     vdir = open_stage(run_dir, "train", config, inputs, console)
     if vdir.is_complete():
-        return already_done(vdir, console, summary_table)
+        return already_done(vdir, console, summary_line)
     trainer = Trainer(config, accelerator, vdir, model, tokenizer, len(steps), console)
     expert, teacher, own = config.group
-    console.print(f"on-policy {config.method}: {len(prompts)} prompts ({dict(dropped) or 'none dropped'}), "
-                  f"{len(steps)} steps of {config.prompts_per_step} prompts x K = {expert + teacher + own} "
-                  f"({expert}:{teacher}:{own}), {world} process(es)"
-                  + (f"; resuming at step {trainer.start}" if trainer.start else ""))
+    if verbose() or trainer.start or dropped:
+        console.print(f"  on-policy {config.method}: {len(prompts)} prompts ({dict(dropped) or 'none dropped'}), "
+                      f"{len(steps)} steps of {config.prompts_per_step} prompts x K = {expert + teacher + own} "
+                      f"({expert}:{teacher}:{own})" + (f"; resuming at step {trainer.start}" if trainer.start else ""),
+                      highlight=False)
     stops = stop_token_ids(tokenizer, model.path, ["<|im_end|>", "<|endoftext|>"])
     params = SamplingParams(config.rollout_temperature, 1.0, config.rollout_max_new_tokens, stops, False)
     vcfg = VerifyConfig(fallbacks=settings["fallbacks"] or VerifyConfig().fallbacks, timeout=config.verify_timeout,

@@ -1,6 +1,6 @@
 """``gft run``: every stage in order, each method trained and evaluated, one comparison table.
 
-    gft run                                              # embedded default: SFT vs DFT vs GFT, CPU
+    gft run                                              # embedded default: SFT, GFT (offline, on-policy), GRPO
     gft run --methods sft,dft,gft,gft-no-dcr,gft-no-gal --seeds 3
     gft run --methods gft --rounds 3                     # re-sample self rollouts from each new checkpoint
     gft run --methods sft,gft,gft-online,grpo --seeds 3  # on-policy GFT (the authors' setting) and GRPO
@@ -60,9 +60,9 @@ SECTIONS: dict[str, tuple[type, dict[str, Any]]] = {
     "verify": (VerifyConfig, {}),
     "build-groups": (BuildGroupsConfig, {}),
     "train": (TrainConfig, {"kl_every": 8}),
-    "eval": (EvalConfig, {"pass_k": 64, "limit": 200, "batch_size": 256, "max_new_tokens": 64}),
+    "eval": (EvalConfig, {"pass_k": 32, "limit": 200, "batch_size": 256, "max_new_tokens": 64}),
 }
-REPORT_KS = (1, 4, 16, 64)
+REPORT_KS = (1, 4, 16, 32, 64, 128, 256)
 RUN_METHODS = {**{n: (n, False) for n, m in REGISTRY.items() if m.can_run_offline},
                **{f"{n}-online": (n, True) for n, m in REGISTRY.items() if m.online == "optional"},
                **{n: (n, True) for n, m in REGISTRY.items() if m.online == "always"}}
@@ -80,9 +80,9 @@ def chain(entry: str) -> list[tuple[str, bool]]:
 
 @dataclass(frozen=True)
 class RunConfig:
-    methods: list[str] = opt(["sft", "dft", "gft"], "methods to train and compare: offline (sft, sft-mix, dft, gft, "
-                             "gft-no-dcr, gft-no-gal), on-policy (gft-online, gft-no-dcr-online, gft-no-gal-online, "
-                             "grpo), or chains joined by ':' (sft:grpo)")
+    methods: list[str] = opt(["sft", "gft", "gft-online", "grpo"], "methods to train and compare: offline (sft, "
+                             "sft-mix, dft, gft, gft-no-dcr, gft-no-gal), on-policy (gft-online, gft-no-dcr-online, "
+                             "gft-no-gal-online, grpo), or chains joined by ':' (sft:grpo)")
     seeds: int = opt(1, "seeds per method (training data order and evaluation sampling)")
     per_method: dict = opt({}, "train keys per method, over the train section (e.g. sft: {lr: 5.0e-5}): chains "
                                "mix methods whose settings differ")
@@ -137,8 +137,10 @@ def run_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
 
 def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Console | None = None) -> dict:
     from gftrepro import evaluate, sample
+    from gftrepro.stage import BASELINES
 
     console = console or Console()
+    BASELINES.update({name: stages[name] for name in SECTIONS})
     teacher = sample.run(stages["sample-teacher"], run_dir, "teacher", console)
     student = stages["sample-self"].model
     groups = make_groups(stages, run_dir, teacher["version"], student, student, console)
@@ -146,21 +148,23 @@ def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Conso
     curves: dict[str, list[dict]] = {}
     for seed in range(stages["train"].seed, stages["train"].seed + config.seeds):
         base_eval = dataclasses.replace(stages["eval"], model=student, seed=seed)
-        results["base"].append({"eval": evaluate.run(base_eval, run_dir, console)["metrics"], "train": None})
+        results["base"].append({"eval": evaluate.run(base_eval, run_dir, console, table=False)["metrics"],
+                                "train": None})
         for entry in config.methods:
             model_dir, metrics = train_chain(stages, run_dir, entry, seed, groups, teacher["version"], config.rounds,
                                              console)
             curves.setdefault(entry, metrics)
             ecfg = dataclasses.replace(stages["eval"], model=str(model_dir), seed=seed)
-            results.setdefault(entry, []).append({"eval": evaluate.run(ecfg, run_dir, console)["metrics"],
+            results.setdefault(entry, []).append({"eval": evaluate.run(ecfg, run_dir, console, table=False)["metrics"],
                                                   "train": metrics})
     signal_share = groups["summary"]["groups_out"] / max(groups["summary"]["prompts_in"], 1)
     rows = summary_rows(results, signal_share)
     write_outputs(run_dir / "summary", rows, results, curves, config)
-    Console(width=max(console.width, 130), file=console.file).print(summary_table(rows, config))
+    for table in summary_tables(rows, config):
+        console.print(table)
     from gftrepro import report
 
-    return {"rows": rows, "claims": report.report(run_dir, console)}
+    return {"rows": rows, "claims": report.report(run_dir, console, brief=True)}
 
 
 def make_groups(stages: dict[str, Any], run_dir: Path, teacher_version: str, sampler: str, student: str,
@@ -233,28 +237,10 @@ def summary_rows(results: dict[str, list[dict]], signal_share: float) -> list[di
     benchmark's numbers (in ``per_seed`` only)."""
     rows = []
     for name, runs in results.items():
-        n = runs[0]["eval"]["n"]
         values: dict[str, list[float]] = {}
         for r in runs:
-            benches = r["eval"]["benchmarks"]
-            main = benches[next(iter(benches))]
-            values.setdefault(f"avg@{n}", []).append(main[f"avg@{n}"])
-            for k in REPORT_KS:
-                if f"pass@{k}" in main:
-                    values.setdefault(f"pass@{k}", []).append(main[f"pass@{k}"])
-            probes = [benches[b]["pass@1"] for b in FORGETTING if b in benches]
-            if probes:
-                values.setdefault("probe", []).append(float(np.mean(probes)))
-            if r["train"]:
-                last = r["train"][-1]
-                values.setdefault("entropy", []).append(last["entropy"])
-                kls = [m["kl_ref"] for m in r["train"] if "kl_ref" in m]
-                if kls:
-                    values.setdefault("kl_to_base", []).append(kls[-1])
-            for bench, m in benches.items():
-                for key, value in m.items():
-                    if key.startswith(("avg@", "pass@")):
-                        values.setdefault(f"{bench}/{key}", []).append(value)
+            for key, value in run_values(r).items():
+                values.setdefault(key, []).append(value)
         row: dict[str, Any] = {"model": name, "seeds": len(runs),
                                "groups_with_signal": signal_of(name, runs, signal_share)}
         for key, vals in values.items():
@@ -263,6 +249,23 @@ def summary_rows(results: dict[str, list[dict]], signal_share: float) -> list[di
         row["per_seed"] = values
         rows.append(row)
     return rows
+
+
+def run_values(r: dict) -> dict[str, float]:
+    """One seed's reported values: main benchmark accuracy, probe, last entropy and KL, every benchmark."""
+    benches = r["eval"]["benchmarks"]
+    main, n = benches[next(iter(benches))], r["eval"]["n"]
+    out = {f"avg@{n}": main[f"avg@{n}"], **{f"pass@{k}": main[f"pass@{k}"] for k in REPORT_KS if f"pass@{k}" in main}}
+    probes = [benches[b]["pass@1"] for b in FORGETTING if b in benches]
+    if probes:
+        out["probe"] = float(np.mean(probes))
+    if r["train"]:
+        out["entropy"] = r["train"][-1]["entropy"]
+        kls = [m["kl_ref"] for m in r["train"] if "kl_ref" in m]
+        if kls:
+            out["kl_to_base"] = kls[-1]
+    out.update({f"{b}/{k}": v for b, m in benches.items() for k, v in m.items() if k.startswith(("avg@", "pass@"))})
+    return out
 
 
 def signal_of(entry: str, runs: list[dict], offline_share: float) -> float | None:
@@ -293,15 +296,28 @@ def columns(rows: list[dict]) -> list[tuple[str, bool]]:
     return [(k, True) for k in keys] + [("entropy", False), ("kl_to_base", False), ("groups_with_signal", True)]
 
 
-def summary_table(rows: list[dict], config: RunConfig) -> Table:
-    table = Table(title=f"gft run: held-out accuracy (%), {config.seeds} seed(s)")
-    table.add_column("model")
-    cols = columns(rows)
-    for key, _ in cols:
-        table.add_column(key, justify="right")
-    for r in rows:
-        table.add_row(r["model"], *(cell(r.get(k), pct) for k, pct in cols))
-    return table
+def summary_tables(rows: list[dict], config: RunConfig) -> list[Table]:
+    """Accuracy, then training signals: two narrow tables (no cell is cut at 80 columns; avg@n equals
+    pass@1 and stays in summary.md)."""
+    from rich import box
+
+    cols = [c for c in columns(rows) if not c[0].startswith("avg@")]
+    main = [c for c in cols if c[0].startswith("pass@") or c[0] == "probe"]
+    groups = [(f"held-out accuracy (%), {config.seeds} seed(s), mean ± std", main),
+              ("training: last-step entropy, KL to base, groups with signal", [c for c in cols if c not in main])]
+    tables = []
+    for title, group in groups:
+        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1))
+        table.add_column("model", overflow="fold")
+        for key, _ in group:
+            table.add_column(key.replace("kl_to_base", "KL to base").replace("groups_with_signal", "signal"),
+                             justify="right", no_wrap=True)
+        for r in rows:
+            if title.startswith("training") and r["model"] == "base":
+                continue
+            table.add_row(r["model"], *(cell(r.get(k), pct) for k, pct in group))
+        tables.append(table)
+    return tables
 
 
 def write_outputs(folder: Path, rows: list[dict], results: dict, curves: dict, config: RunConfig) -> None:

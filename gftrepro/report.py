@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from gftrepro.errors import GftError
 from gftrepro.store import atomic_write_bytes
@@ -71,9 +70,8 @@ def fmt(metric: str, s: Stat) -> str:
     return f"{100 * s[0]:.1f} ± {100 * s[1]:.1f}"
 
 
-ONE_SETTING_PER_RUN = ("one gft run trains each method at one group composition and one tau; this claim needs a run "
-                       "per setting (stages/paper/<model>/ratio-*.yaml, gft-tau0.1.yaml), which gft report does not "
-                       "combine yet")
+ONE_SETTING_PER_RUN = ("needs a run per group composition / tau (stages/paper/<model>/ratio-*.yaml, "
+                       "gft-tau0.1.yaml); gft report reads one run and does not combine runs yet")
 
 
 def judge(rows: dict[str, dict], checks: list[Check]) -> tuple[str, str]:
@@ -193,15 +191,24 @@ def load_summary(run_dir: Path) -> list[dict]:
     return data
 
 
-def report(run_dir: Path, console: Console) -> list[dict]:
+COLOUR = {REPRODUCED: "green", NOT_REPRODUCED: "red", NOT_MEASURED: "dim"}
+
+
+def report(run_dir: Path, console: Console, brief: bool = False) -> list[dict]:
+    """Write claims.md; print every claim with our numbers and the paper's (``brief``: one line each, as
+    at the end of ``gft run``)."""
     rows = report_rows(load_summary(run_dir))
-    atomic_write_bytes(run_dir / "summary" / "claims.md", markdown(rows).encode())
-    table = Table(title="the paper's claims on this run", show_lines=True)
-    for col in ("claim", "paper", "ours", "verdict"):
-        table.add_column(col, overflow="fold")
-    colour = {REPRODUCED: "green", NOT_REPRODUCED: "red", NOT_MEASURED: "dim"}
+    path = run_dir / "summary" / "claims.md"
+    atomic_write_bytes(path, markdown(rows).encode())
+    console.print(f"[bold]the paper's claims on this run[/] ({path})", highlight=False)
     for r in rows:
-        table.add_row(r["claim"], r["paper"], r["ours"], f"[{colour[r['verdict']]}]{r['verdict']}[/]")
-    console.print(table)
-    console.print(f"wrote {run_dir / 'summary' / 'claims.md'}")
+        console.print(f"  [{COLOUR[r['verdict']]}]{r['verdict']:<14}[/] {r['claim']} ({r['paper'].split(' (')[0]})",
+                      highlight=False)
+        if not brief:
+            console.print(f"      ours:  {r['ours']}" + (f" ({r['seeds']} seed(s))" if r["seeds"] else ""),
+                          highlight=False, style="dim")
+            if "(" in r["paper"]:
+                console.print(f"      paper: {r['paper']}", highlight=False, style="dim")
+    if brief:
+        console.print(f"  our numbers and the paper's: gft report --run {run_dir}", highlight=False)
     return rows

@@ -32,14 +32,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from gftrepro import schema, store
 from gftrepro.backends import GenerationOptions, Request, SamplingParams, make_backend
 from gftrepro.config import opt, require
 from gftrepro.models import ModelRef, format_prompt, load_tokenizer, resolve_model, stop_token_ids
 from gftrepro.problems import Problems, load_problems
-from gftrepro.stage import already_done, open_stage
+from gftrepro.stage import already_done, done_line, open_stage
 
 
 @dataclass(frozen=True)
@@ -103,18 +102,15 @@ def progress_bar(console: Console) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} samples"),
         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+        transient=True, disable=not console.is_terminal,  # piped output: the summary line says it all
     )
 
 
-def summary_table(stage: str, manifest: dict) -> Table:
+def summary_line(manifest: dict) -> str:
     s = manifest["summary"]
-    table = Table(title=f"{stage} {manifest['version']}")
-    for col in ("prompts", "samples", "tokens", "truncated", "wall time", "samples/s", "tokens/s"):
-        table.add_column(col, justify="right")
     gen = max(s["generation_seconds"], 1e-9)
-    table.add_row(str(s["prompts"]), str(s["samples"]), str(s["tokens"]), f"{s['truncated_share']:.1%}",
-                  f"{s['generation_seconds']:.1f}s", f"{s['samples'] / gen:.1f}", f"{s['tokens'] / gen:.0f}")
-    return table
+    return (f"{s['samples']} samples, {s['tokens']:,} tokens, {s['truncated_share']:.1%} at the cap; "
+            f"{s['generation_seconds']:.0f} s ({s['samples'] / gen:.0f} samples/s)")
 
 
 def summarize(vdir: store.VersionDir, num_prompts: int) -> dict:
@@ -142,7 +138,7 @@ def run(config: SampleConfig, run_dir: Path, source: str, console: Console | Non
     inputs = {"problems": problems.fingerprint, "model": {"ref": model.ref, "fingerprint": model.fingerprint}}
     vdir = open_stage(run_dir, stage, config, inputs, console)
     if vdir.is_complete():
-        return already_done(vdir, console, lambda m: summary_table(stage, m))
+        return already_done(vdir, console, summary_line)
 
     count = -(-len(problems) // config.shard_size)
     mine = [k for k in range(count) if k % config.num_shards == config.shard_index]
@@ -154,8 +150,8 @@ def run(config: SampleConfig, run_dir: Path, source: str, console: Console | Non
         store.write_table(problems_path, problems.table)
     if problems.duplicates:
         console.print(f"note: {problems.duplicates} duplicate questions dropped")
-    console.print(f"{len(problems)} problems x {config.n} samples, {count} shards: "
-                  f"{len(mine) - len(todo)} of this process's {len(mine)} already done")
+    if len(mine) != len(todo):
+        console.print(f"resuming: {len(mine) - len(todo)} of this process's {len(mine)} shards already done")
     if todo:
         sample_shards(config, problems, model, vdir, todo, count, source, console)
     manifest = store.finalize(vdir, count, {"summary": summarize(vdir, len(problems))})
@@ -164,7 +160,7 @@ def run(config: SampleConfig, run_dir: Path, source: str, console: Console | Non
         console.print(f"part {config.shard_index}/{config.num_shards} done; {missing} shards of other parts missing, "
                       "manifest not written yet")
         return None
-    console.print(summary_table(stage, manifest))
+    done_line(console, summary_line(manifest))
     return manifest
 
 

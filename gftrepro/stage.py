@@ -1,29 +1,51 @@
-"""What every stage does first: find its version folder, print the header, stop if complete."""
+"""What every stage does first: find its version folder, print the header, stop if complete.
+
+The header is one line: the stage, its version folder, and the settings that differ from the
+defaults. The whole resolved config is always in the version's ``config.json``; ``gft -v ...``
+(``GFT_VERBOSE=1``) also prints it.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from gftrepro import config as cfg
 from gftrepro import store
 
 
 def open_stage(run_dir: Path, stage: str, config: Any, inputs: dict[str, Any], console: Console) -> store.VersionDir:
-    """The version folder for this config and these inputs; prints it and the resolved config."""
+    """The version folder for this config and these inputs; prints the header line (and, verbose, the
+    resolved config)."""
     vdir = store.open_version(run_dir, stage, cfg.versioned_dict(config), inputs, cfg.to_dict(config))
-    console.rule(f"gft {stage} -> {vdir.path}")
-    console.print(cfg.to_yaml(config).rstrip(), highlight=False)
+    # the upstream versions a run wires in are in config.json; a model inside the run shows as train/<version>
+    skip = tuple(k for k in cfg.to_dict(config) if k.endswith("_version")) + ("ref_model",)
+    diff = cfg.changed(config, skip, BASELINES.get(stage)).replace(f"{run_dir}/", "").replace("/model ", " ")
+    console.print(f"[bold cyan]gft {stage}[/] {vdir.version}" + (f"  [dim]{diff.removesuffix('/model')}[/]"
+                                                                 if diff else ""), highlight=False)
+    if verbose():
+        console.print(f"{vdir.path}\n{cfg.to_yaml(config).rstrip()}", highlight=False)
     return vdir
 
 
-def already_done(vdir: store.VersionDir, console: Console, table: Callable[[dict], Table]) -> dict:
-    """Say a complete stage has nothing to do, show its closing table again, return its manifest."""
+BASELINES: dict[str, Any] = {}  # gft run: each stage's header shows what differs from the run's own section
+
+
+def verbose() -> bool:
+    return os.environ.get("GFT_VERBOSE") == "1"
+
+
+def already_done(vdir: store.VersionDir, console: Console, line: Callable[[dict], str]) -> dict:
+    """Say a complete stage has nothing to do, with its summary line; return its manifest."""
     manifest = vdir.read_manifest()
-    console.print(f"[green]complete[/green]: {vdir.stage} {vdir.version} is already done, nothing to do")
-    console.print(table(manifest))
+    console.print(f"  [green]already complete, nothing to do[/green]: {line(manifest)}", highlight=False)
     return manifest
+
+
+def done_line(console: Console, text: str) -> None:
+    """The one summary line a stage ends with."""
+    console.print(f"  [green]done[/green]: {text}", highlight=False)

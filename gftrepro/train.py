@@ -52,7 +52,6 @@ import pyarrow.parquet as pq
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from gftrepro import config as cfg
 from gftrepro import methods, store
@@ -63,7 +62,7 @@ from gftrepro.logprobs import Policy, token_kl
 from gftrepro.losses import AGGREGATIONS, token_loss
 from gftrepro.methods import METHODS
 from gftrepro.models import ModelRef, first_line, load_tokenizer, resolve_model
-from gftrepro.stage import already_done, open_stage
+from gftrepro.stage import already_done, done_line, open_stage
 
 DATASETS = ("groups", "sft", "sft-mix")
 
@@ -82,13 +81,13 @@ class TrainConfig:
                                   "('' = the latest complete one)", versioned=False)
     tau: float = opt(0.7, "DCR threshold: coefficient sg(p) where p < tau, else 1 (paper 0.7; authors' code 0.1)")
     agg: str = opt("token-mean", "loss aggregation: token-mean, seq-mean-token-sum, seq-mean-token-mean")
-    lr: float = opt(1e-4, "peak learning rate (AdamW)")
+    lr: float = opt(3e-4, "peak learning rate (AdamW)")
     adam_beta1: float = opt(0.9, "AdamW beta1")
     adam_beta2: float = opt(0.95, "AdamW beta2")
     weight_decay: float = opt(0.01, "AdamW weight decay")
     warmup_ratio: float = opt(0.1, "share of steps with linear warmup, then cosine decay to 0")
     grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
-    epochs: int = opt(1, "passes over the data (ignored when max_steps > 0)")
+    epochs: int = opt(6, "passes over the data (ignored when max_steps > 0)")
     max_steps: int = opt(0, "optimizer steps (0 = epochs x steps per epoch)")
     batch_size: int = opt(16, "sequences per optimizer step, all processes together")
     micro_batch_size: int = opt(8, "sequences per forward/backward on one process", versioned=False)
@@ -521,7 +520,8 @@ class Trainer:
     def progress(self) -> Progress:
         return Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=self.console, disable=not self.main)
+                        console=self.console, disable=not (self.main and self.console.is_terminal),
+                        transient=True)
 
     def finish(self, summary: dict[str, Any]) -> dict:
         """Save the model, write the manifest (main process), remove the checkpoint."""
@@ -542,7 +542,7 @@ class Trainer:
         manifest = store.finalize(self.vdir, 0, {"summary": summary}) if self.main else {"summary": summary}
         if self.main:
             shutil.rmtree(self.vdir.path / "checkpoint", ignore_errors=True)
-            self.console.print(summary_table(manifest))
+            done_line(self.console, summary_line(manifest))
         acc.wait_for_everyone()
         return manifest
 
@@ -562,11 +562,11 @@ def run(config: TrainConfig, run_dir: Path, console: Console | None = None) -> d
     inputs = {"build-groups": bg.version, "model": {"ref": model.ref, "fingerprint": model.fingerprint}}
     vdir = open_stage(run_dir, "train", config, inputs, console)
     if vdir.is_complete():
-        return already_done(vdir, console, summary_table)
+        return already_done(vdir, console, summary_line)
     trainer = Trainer(config, accelerator, vdir, model, tokenizer, len(steps), console)
-    console.print(f"{len(examples)} sequences ({dict(dropped) or 'none dropped'}), {len(steps)} steps of "
-                  f"{config.batch_size}, {world} process(es); method {config.method} on '{config.dataset}'"
-                  + (f"; resuming at step {trainer.start}" if trainer.start else ""))
+    if dropped or trainer.start:
+        console.print(f"  {dict(dropped) or 'no'} sequences dropped" + (f"; resuming at step {trainer.start}"
+                                                                          if trainer.start else ""))
     with trainer.progress() as bar:
         task = bar.add_task("train", total=len(steps), completed=trainer.start, info="")
         for step in range(trainer.start, len(steps)):
@@ -596,11 +596,9 @@ def last_metric(path: Path, key: str) -> float | None:
     return json.loads(lines[-1]).get(key) if lines else None
 
 
-def summary_table(manifest: dict) -> Table:
+def summary_line(manifest: dict) -> str:
     s = manifest["summary"]
-    table = Table(title=f"train {manifest.get('version', '')}: {s['method']} on {s['data']}")
-    for col in ("steps", "skipped", "sequences", "final loss", "processes"):
-        table.add_column(col, justify="right")
     loss = "-" if s["final_loss"] is None else f"{s['final_loss']:.4f}"
-    table.add_row(str(s["steps"]), str(s["skipped_steps"]), str(s["sequences"]), loss, str(s["world_size"]))
-    return table
+    skipped = f" ({s['skipped_steps']} skipped)" if s["skipped_steps"] else ""
+    procs = f", {s['world_size']} processes" if s["world_size"] > 1 else ""
+    return f"{s['method']}: {s['steps']} steps{skipped}, {s['sequences']} sequences, final loss {loss}{procs}"

@@ -29,13 +29,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from gftrepro import schema, store
 from gftrepro.config import opt
 from gftrepro.errors import GftError
 from gftrepro.pool import TIMED_OUT, DeadlinePool
-from gftrepro.stage import already_done, open_stage
+from gftrepro.stage import already_done, done_line, open_stage
 from gftrepro.verify import FALLBACKS, STATUSES, Verdict, extract_answer, gold_answer, judge
 
 SAMPLED = ("teacher", "self")
@@ -189,21 +188,15 @@ def summarize(vdir: store.VersionDir, seconds: float) -> dict:
     return {"by_source": counts, "verify_seconds": seconds}
 
 
-def summary_table(manifest: dict) -> Table:
+def summary_line(manifest: dict) -> str:
+    """Accuracy per source, then what did not score as a clean answer (counted, never a crash)."""
     s = manifest["summary"]
-    table = Table(title=f"verify {manifest['version']}")
-    for col in ("source", "count", "accuracy", "no answer", "timeouts", "errors", "answers/s"):
-        table.add_column(col, justify="right")
     total = sum(sum(c.values()) for c in s["by_source"].values())
-    rate = total / max(s["verify_seconds"], 1e-9)
-    for source in schema.SOURCES:
-        c = s["by_source"].get(source)
-        if not c:
-            continue
-        n = max(sum(c.values()), 1)
-        table.add_row(source, str(sum(c.values())), f"{c['correct'] / n:.1%}", f"{c['no_answer'] / n:.1%}",
-                      str(c["timeout"]), str(c["error"]), f"{rate:.0f}")
-    return table
+    parts = [f"{source} {c['correct'] / max(sum(c.values()), 1):.0%}" for source in schema.SOURCES
+             if (c := s["by_source"].get(source))]
+    odd = {k: sum(c[k] for c in s["by_source"].values()) for k in ("no_answer", "timeout", "error")}
+    unclean = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in odd.items() if v) or "all answered"
+    return f"{total} scored; correct: {', '.join(parts)}; {unclean}"
 
 
 def run(config: VerifyConfig, run_dir: Path, console: Console | None = None) -> dict:
@@ -212,17 +205,18 @@ def run(config: VerifyConfig, run_dir: Path, console: Console | None = None) -> 
     inputs = {f"sample-{s}": v.version for s, v in versions.items()}
     vdir = open_stage(run_dir, "verify", config, inputs, console)
     if vdir.is_complete():
-        return already_done(vdir, console, summary_table)
+        return already_done(vdir, console, summary_line)
     vdir.clear_stale_temporaries()
     gold, problems = gold_map(versions)
     units = plan_units(config, versions)
     todo = [k for k in range(len(units)) if k not in vdir.done_shards()]
-    console.print(f"{len(units)} shards to score ({len(units) - len(todo)} already done); inputs: {inputs}")
+    if len(todo) != len(units):
+        console.print(f"resuming: {len(units) - len(todo)} of {len(units)} shards already scored")
     started = time.perf_counter()
     with DeadlinePool(judge, config.workers, config.timeout, preload=["math_verify", "gftrepro.verify"]) as pool, \
             Progress(TextColumn("[bold]verify"), BarColumn(), TextColumn("{task.completed}/{task.total} shards"),
                      TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                     console=console) as bar:
+                     console=console, transient=True, disable=not console.is_terminal) as bar:
         scorer, answered = Scorer(config, pool), 0
         task = bar.add_task("verify", total=len(todo), rate="")
         for k in todo:
@@ -244,7 +238,7 @@ def run(config: VerifyConfig, run_dir: Path, console: Console | None = None) -> 
     assert manifest is not None  # this process wrote every shard
     if units[0].source == "expert":
         report_expert_failures(vdir.shard_path(0, len(units)), console)
-    console.print(summary_table(manifest))
+    done_line(console, summary_line(manifest))
     return manifest
 
 

@@ -49,7 +49,7 @@ def test_each_verdict_reachable_on_hand_made_numbers():
     for cid in ("no-dcr", "no-gal", "chain"):
         assert got[cid]["verdict"] == report.NOT_MEASURED and "needs" in got[cid]["ours"]
     for cid in ("ratio", "tau"):
-        assert got[cid]["verdict"] == report.NOT_MEASURED and "a run per setting" in got[cid]["ours"]
+        assert got[cid]["verdict"] == report.NOT_MEASURED and "a run per group composition" in got[cid]["ours"]
 
     bad = [dict(r) for r in good]
     bad[2] = row("gft-online", probe=(0.50, 0.01), entropy=(0.01, 0.001), kl_to_base=(0.5, 0.01),
@@ -89,7 +89,7 @@ def test_cli_report_writes_claims_and_refuses_bad_input(tmp_path):
     results = {"base": [{"eval": eval_metrics(0.3, 0.8), "train": None}],
                "sft": [{"eval": eval_metrics(0.4, 0.5), "train": [{"step": 1, "entropy": 0.1, "kl_ref": 0.3}]}]}
     (summary / "summary.json").write_text(json.dumps(summary_rows(results, 0.5)))
-    result = runner.invoke(app, ["report", "--run", str(tmp_path / "run")], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["report", "--run", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     claims = (summary / "claims.md").read_text()
     assert "| SFT forgets: probe pass@1 below the base |" in claims and "**reproduced**" in claims

@@ -42,7 +42,8 @@ def test_run_chains_every_stage_then_does_no_work(tmp_path):
     second = gft("run", "--config", str(config), "--run", str(run), check=True)
     assert second.stdout.count("nothing to") >= 6
     assert {k: v for k, v in digest(run).items() if not k.startswith("summary/")} == before
-    table = [line for line in first.stdout.splitlines() if "│ gft " in line or "│ sft " in line]
+    table = [line for line in first.stdout.splitlines() if line.lstrip().startswith(("gft ", "sft "))
+             and "=" not in line and "." in line]  # the summary tables' rows, not the stage headers
     assert table and all(line in second.stdout for line in table)  # the same table again
     plan = gft("plan", "--config", str(config), "--run", str(run), check=True).stdout
     for stage in ("sample-teacher", "sample-self", "verify", "build-groups", "train sft", "train gft"):
@@ -86,3 +87,23 @@ def test_bad_run_configs(tmp_path, text, extra, message):
     config.write_text(text)
     proc = gft("run", "--config", str(config), "--run", str(tmp_path / "run"), *extra)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_run_output_fits_80_columns_and_60_lines(tmp_path, monkeypatch):
+    """What a person sees: header + summary line per stage, two narrow tables, one line per claim; the
+    default methods (not SMALL's), and nothing clipped with an ellipsis at 80 columns."""
+    from gftrepro.pipeline import RunConfig
+
+    monkeypatch.setenv("COLUMNS", "80")
+    config = tmp_path / "run.yaml"
+    config.write_text(SMALL.format(seeds=1).replace("methods: [sft, gft]\n", ""))
+    out = gft("run", "--config", str(config), "--run", str(tmp_path / "run"), check=True).stdout
+    lines = out.splitlines()
+    assert len(lines) <= 60, "\n".join(lines)
+    assert "…" not in out and max(len(line) for line in lines) <= 80
+    for method in RunConfig().methods:
+        assert any(line.lstrip().startswith(method + " ") and "=" not in line for line in lines), method
+    assert "held-out accuracy" in out and "the paper's claims" in out
+    assert "method: gft" not in out  # the resolved config is not dumped ...
+    verbose = gft("-v", "run", "--config", str(config), "--run", str(tmp_path / "run"), check=True).stdout
+    assert "logprob_chunk: 512" in verbose  # ... unless asked for

@@ -1,19 +1,22 @@
 """The embedded tiny models: real ``transformers`` causal LMs, built and trained locally, no hub.
 
-- Tokenizer: byte-level BPE (384 tokens) trained on the bundled train split in chat format, with
-  digits always split one per token (arithmetic stays digit-wise), ChatML special tokens and a
-  Qwen2.5-style chat template. EOS is ``<|im_end|>``; ``<|endoftext|>`` is the pad token and a
-  second stop token, as in Qwen2.5 instruct models.
+- Tokenizer: byte-level BPE (384 tokens) trained on the bundled pretrain and train splits in chat
+  format, with digits always split one per token (arithmetic stays digit-wise), ChatML special
+  tokens and a Qwen2.5-style chat template. EOS is ``<|im_end|>``; ``<|endoftext|>`` is the pad
+  token and a second stop token, as in Qwen2.5 instruct models.
 - Models: ``LlamaForCausalLM`` with head_dim 32 (vLLM rejects head_dim 16), trained by SFT
-  (``gftrepro.losses.token_loss``, method ``sft``) on the train split with the Qwen math system
-  prompt, as the pipeline prompts them. The **teacher** (hidden 128 x 4 layers) sees every
-  problem with its canonical solution and two solutions in random valid step orders, for longer:
-  it is right most of the time and varies its solutions. The **student** (hidden 64 x 2 layers)
-  sees canonical solutions only, briefly: it is right some of the time. The held-out test split
-  is never trained on.
+  (``gftrepro.losses.token_loss``, method ``sft``) with the Qwen math system prompt, as the pipeline
+  prompts them. The **student** (hidden 96 x 3 layers, 0.3M parameters) is pretrained on the broad
+  ``pretrain`` mix only (one-step facts, the probe skill, about 3% two-step task problems): it
+  knows every step and the probe, and chains two steps some of the time. The **teacher** (hidden
+  128 x 4 layers) also sees every ``train`` problem with its canonical solution and two solutions in
+  other valid styles (additions' operands swapped), for longer: it is right most of the time and
+  writes in styles the expert does not. The held-out ``test`` and ``probe`` splits are never
+  trained on.
 
-The builds are committed in ``data/models/<name>-<recipe hash>/`` (about 4 MB), made by
-``python -m gftrepro.testbed.models --out data/models`` (about 10 minutes on a 2-core CPU). When
+The builds are committed in ``data/models/<name>-<recipe hash>/`` (about 5 MB), made by
+``python -m gftrepro.testbed.models --out data/models`` (about 9 minutes on a 2-core CPU, one
+model after the other). When
 the recipe changes, its hash changes, the committed folder no longer matches, and the model is
 built on first use into ``$GFT_CACHE`` (default ``~/.cache/gft``) instead, via a temporary folder
 renamed into place. Referenced in configs as ``testbed:teacher`` and ``testbed:student``.
@@ -40,15 +43,15 @@ CHAT_TEMPLATE = (
 MODEL_SPECS: dict[str, dict[str, int | float]] = {
     "teacher": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
                 "intermediate_size": 384, "seed": 1, "steps": 3000, "lr": 3e-3, "variants": 2},
-    "student": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                "intermediate_size": 192, "seed": 2, "steps": 1500, "lr": 3e-3, "variants": 0},
+    "student": {"hidden_size": 96, "num_hidden_layers": 3, "num_attention_heads": 3,
+                "intermediate_size": 288, "seed": 2, "steps": 3000, "lr": 3e-3, "variants": 0},
 }
 DATA = {"teacher": ("pretrain", "train"), "student": ("pretrain",)}
 ARCH_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 VOCAB_SIZE = 384
 BATCH = 32
 MAX_POSITIONS = 1024
-RECIPE_VERSION = 3  # bump when the build below changes
+RECIPE_VERSION = 5  # bump when the build below changes
 
 
 def cache_root() -> Path:
@@ -58,8 +61,8 @@ def cache_root() -> Path:
 def recipe_hash(name: str) -> str:
     from gftrepro.testbed.task import SEED
 
-    recipe = {"spec": MODEL_SPECS[name], "data": DATA[name], "template": CHAT_TEMPLATE, "v": RECIPE_VERSION, "data_seed": SEED,
-              "vocab": VOCAB_SIZE}
+    recipe = {"spec": MODEL_SPECS[name], "data": DATA[name], "template": CHAT_TEMPLATE, "v": RECIPE_VERSION,
+              "data_seed": SEED, "vocab": VOCAB_SIZE}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -82,7 +85,7 @@ def chat_pairs(splits: tuple[str, ...], variants: int, seed: int) -> list[tuple[
                 prompt = (f"<|im_start|>system\n{QWEN_MATH_COT}<|im_end|>\n<|im_start|>user\n{row['problem']}"
                           "<|im_end|>\n<|im_start|>assistant\n")
                 pairs.append((prompt, row["solution"] + "<|im_end|>"))
-                if row["kind"] in ("arith-2step", "arith-3step"):
+                if row["kind"] == "arith-2step":
                     pairs.extend((prompt, varied_solution(row["problem"], rng) + "<|im_end|>")
                                  for _ in range(variants))
     return pairs

@@ -1,10 +1,18 @@
 """The bundled task: multi-step integer arithmetic with a verifiable answer in ``\\boxed{}``.
 
-Each problem is a random expression tree over the integers 1-9 with ``+``, ``-`` and ``*``
-("Compute (2 + 7) * 3 - 5."; a product's operands stay within 81). Every internal node is one
-step ``a op b = c``; a valid solution writes the steps in any order in which each step's operands are already known, so
-the same problem has several correct worked solutions. The expert (dataset) solution is the
-canonical one: post-order, left operand first.
+Three skills, split so that fine-tuning has something to teach and something to forget:
+
+- the **task** (``train`` and ``test`` splits): two-step problems over three numbers 1-9 with ``+`` and
+  ``-`` ("Compute 3 + (9 - 7)."). Each step is one line ``a op b = c``; the expert (dataset) solution
+  is the canonical one (inner step first, left operand first); other valid solutions swap the
+  operands of an addition (or, in larger trees, order the steps differently): the teacher's styles.
+- **facts** (one step ``a op b``, one operand 1-9 and the other -8..18): every step of a task solution
+  is one of them.
+- the **probe** (``probe`` split): "Which number is the largest: 37, 52, 18?", answered in one line.
+
+``pretrain`` is the embedded student's broad pretraining mix (PRETRAIN_MIX): mostly facts and probe
+questions, few task problems. So the student knows every step and the probe skill, but has rarely
+chained two steps; fine-tuning on the task can teach that, and can erode the probe.
 
 Regenerate the committed files (fixed seed, byte-identical output)::
 
@@ -21,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 OPS = ("+", "-", "*")
+TASK_OPS = ("+", "-")  # the bundled task: addition and subtraction
 PRECEDENCE = {"+": 1, "-": 1, "*": 2}
 SPLITS = {"test": 300, "probe": 300, "train": 2000, "pretrain": 8000}
-PRETRAIN_MIX = {"largest": 0.45, "arith-1step": 0.45, "fine-tune": 0.10}
+PRETRAIN_MIX = {"largest": 0.45, "arith-1step": 0.50, "fine-tune": 0.05}
 SEED = 20261123
 
 
@@ -41,12 +50,12 @@ def apply(op: str, a: int, b: int) -> int:
     return a + b if op == "+" else a - b if op == "-" else a * b
 
 
-def random_tree(rng: random.Random, leaves: int) -> Node:
+def random_tree(rng: random.Random, leaves: int, ops: tuple[str, ...] = OPS) -> Node:
     if leaves == 1:
         return Node(rng.randint(1, 9))
     k = rng.randint(1, leaves - 1)
-    left, right = random_tree(rng, k), random_tree(rng, leaves - k)
-    op = rng.choice(OPS)
+    left, right = random_tree(rng, k, ops), random_tree(rng, leaves - k, ops)
+    op = rng.choice(ops)
     if op == "*" and abs(left.value * right.value) > 81:
         op = rng.choice(("+", "-"))
     return Node(apply(op, left.value, right.value), op, left, right)
@@ -122,20 +131,40 @@ def parse(expression: str) -> Node:
 
 
 def varied_solution(problem: str, rng: random.Random) -> str:
-    """A valid worked solution in a random step order (the teacher's varied styles)."""
-    return write_solution(steps_any_order(parse(problem.removeprefix("Compute ").removesuffix(".")), rng))
+    """A valid worked solution in another style (the teacher's): steps in a random valid order, and the
+    operands of each addition in a random order."""
+    steps = steps_any_order(parse(problem.removeprefix("Compute ").removesuffix(".")), rng)
+    return write_solution(steps, [s.op == "+" and rng.random() < 0.5 for s in steps])
 
 
-def write_solution(steps: list[Node]) -> str:
-    lines = [f"{s.left.value} {s.op} {s.right.value} = {s.value}" for s in steps]
+def write_solution(steps: list[Node], swap: list[bool] | None = None) -> str:
+    swap = swap or [False] * len(steps)
+    lines = [f"{s.right.value} {s.op} {s.left.value} = {s.value}" if flip else
+             f"{s.left.value} {s.op} {s.right.value} = {s.value}" for s, flip in zip(steps, swap, strict=True)]
     lines.append(f"The answer is \\boxed{{{steps[-1].value}}}.")
     return "\n".join(lines)
 
 
 def arithmetic(rng: random.Random, leaves: int) -> dict[str, str]:
-    tree = random_tree(rng, leaves)
+    """A problem of the fine-tuning kind: ``leaves`` numbers 1-9 joined by ``+`` and ``-``."""
+    tree = random_tree(rng, leaves, TASK_OPS)
+    return as_problem(tree, f"arith-{leaves - 1}step")
+
+
+def as_problem(tree: Node, kind: str) -> dict[str, str]:
     return {"problem": f"Compute {render(tree)}.", "solution": write_solution(steps_postorder(tree)),
-            "answer": str(tree.value), "kind": f"arith-{leaves - 1}step"}
+            "answer": str(tree.value), "kind": kind}
+
+
+def fact(rng: random.Random) -> dict[str, str]:
+    """One step ``a op b``: one operand 1-9, the other any value a step of the task can produce (-8..18),
+    so every step of a two-step solution is a fact the pretrained student has seen."""
+    small, wide = rng.randint(1, 9), rng.randint(-8, 18)
+    a, b = (small, wide) if rng.random() < 0.5 else (wide, small)
+    op = rng.choice(TASK_OPS)
+    tree = Node(apply(op, a, b), op, Node(a), Node(b))
+    return {"problem": f"Compute {a} {op} {b}.", "solution": write_solution([tree]), "answer": str(tree.value),
+            "kind": "arith-1step"}
 
 
 def largest(rng: random.Random) -> dict[str, str]:
@@ -148,16 +177,15 @@ def largest(rng: random.Random) -> dict[str, str]:
 
 
 def fine_tune_problem(rng: random.Random) -> dict[str, str]:
-    """The fine-tuning task (train and test splits): 2-3 step arithmetic (3-4 leaves)."""
-    return arithmetic(rng, rng.randint(3, 4))
+    """The fine-tuning task (train and test splits): two-step arithmetic (three leaves)."""
+    return arithmetic(rng, 3)
 
 
 def pretrain_problem(rng: random.Random) -> dict[str, str]:
     """The student's broad pretraining mix: PRETRAIN_MIX shares of the probe skill, one-step arithmetic,
     and a few problems of the fine-tuning kind."""
     kind = rng.choices(list(PRETRAIN_MIX), weights=list(PRETRAIN_MIX.values()))[0]
-    return largest(rng) if kind == "largest" else arithmetic(rng, 2) if kind == "arith-1step" \
-        else fine_tune_problem(rng)
+    return largest(rng) if kind == "largest" else fact(rng) if kind == "arith-1step" else fine_tune_problem(rng)
 
 
 MAKERS = {"train": fine_tune_problem, "test": fine_tune_problem, "probe": largest, "pretrain": pretrain_problem}
@@ -165,7 +193,7 @@ MAKERS = {"train": fine_tune_problem, "test": fine_tune_problem, "probe": larges
 
 def generate(seed: int = SEED, splits: dict[str, int] = SPLITS) -> dict[str, list[dict[str, str]]]:
     """Disjoint splits: no problem text appears twice across or within splits, except the one-step
-    problems of the pretraining mix (there are only 243 of them; they never occur in another split)."""
+    facts of the pretraining mix (about 900 of them; they never occur in another split)."""
     rng, seen, out = random.Random(seed), set(), {}
     for split, size in splits.items():
         rows = []
