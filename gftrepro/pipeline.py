@@ -280,7 +280,7 @@ def signal_of(entry: str, runs: list[dict], offline_share: float) -> float | Non
     return offline_share if REGISTRY[method].uses_advantage else None
 
 
-def cell(value: Any, percent: bool) -> str:
+def cell(value: Any, percent: bool, sep: str = " ± ") -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -288,7 +288,7 @@ def cell(value: Any, percent: bool) -> str:
     mean, spread = value
     scale = 100 if percent else 1
     text = f"{scale * mean:.1f}" if percent else f"{mean:.4f}"
-    return text if spread is None else text + (f" ± {scale * spread:.1f}" if percent else f" ± {spread:.4f}")
+    return text if spread is None else text + (f"{sep}{scale * spread:.1f}" if percent else f"{sep}{spread:.4f}")
 
 
 def columns(rows: list[dict]) -> list[tuple[str, bool]]:
@@ -304,7 +304,7 @@ def summary_tables(rows: list[dict], config: RunConfig) -> list[Table]:
     cols = [c for c in columns(rows) if not c[0].startswith("avg@")]
     main = [c for c in cols if c[0].startswith("pass@") or c[0] == "probe"]
     groups = [(f"held-out accuracy (%), {config.seeds} seed(s), mean ± std", main),
-              ("training: last-step entropy, KL to base, groups with signal", [c for c in cols if c not in main])]
+              ("training: entropy, KL to base, signal (last step)", [c for c in cols if c not in main])]
     tables = []
     for title, group in groups:
         table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1))
@@ -315,7 +315,7 @@ def summary_tables(rows: list[dict], config: RunConfig) -> list[Table]:
         for r in rows:
             if title.startswith("training") and r["model"] == "base":
                 continue
-            table.add_row(r["model"], *(cell(r.get(k), pct) for k, pct in group))
+            table.add_row(r["model"], *(cell(r.get(k), pct, "±") for k, pct in group))
         tables.append(table)
     return tables
 

@@ -149,9 +149,9 @@ def claims() -> list[Claim]:
          lambda r: [Check(gft(r), ablation(r, "gft-no-dcr"), "pass@1", "above")]),
         ("no-gal", "Removing GAL lowers pass@1", "Table 2",
          lambda r: [Check(gft(r), ablation(r, "gft-no-gal"), "pass@1", "above")]),
-        ("ratio", "Mixed groups (2:6) above all-demo (8:0) and all-self (0:8)", "Table 5", lambda r: []),
-        ("tau", "Accuracy peaks at tau near 0.7 (inverted U over the tau sweep)", "Figure 6", lambda r: []),
-        ("chain", "SFT -> GFT -> GRPO at or above SFT -> GRPO on pass@16", "Figure 4",
+        ("ratio", "Mixed groups (2:6) beat 8:0 and 0:8 groups", "Table 5", lambda r: []),
+        ("tau", "Accuracy peaks near tau 0.7 (inverted U)", "Figure 6", lambda r: []),
+        ("chain", "SFT->GFT->GRPO at or above SFT->GRPO (pass@16)", "Figure 4",
          lambda r: [Check(pick(r, "sft:gft-online:grpo", "sft:gft:grpo"), "sft:grpo", "pass@16", "not below")]),
     ]
 
