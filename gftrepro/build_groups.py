@@ -331,4 +331,6 @@ def write_single(path: Path, pools: dict[str, Pools], prompts: dict, problems: d
 def summary_line(manifest: dict) -> str:
     s = manifest["summary"]
     rewards = ", ".join(f"{src} {st['mean_reward']:.2f}" for src, st in s["by_source"].items() if src != "expert")
-    return f"{s['groups_out']} of {s['prompts_in']} prompts make groups with signal; mean reward {rewards}"
+    zero = "".join(f"; zero-variance: {kind} {n}" for kind, n in sorted(s["zero_variance"].items()) if n)
+    return (f"{s['groups_out']}/{s['prompts_in']} prompts make groups with signal"
+            + (f"; mean reward {rewards}" if rewards else "") + zero)

@@ -307,7 +307,8 @@ def summary_tables(rows: list[dict], config: RunConfig) -> list[Table]:
               ("training: entropy, KL to base, signal (last step)", [c for c in cols if c not in main])]
     tables = []
     for title, group in groups:
-        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1))
+        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1),
+                      min_width=len(title))
         table.add_column("model", overflow="fold")
         for key, _ in group:
             table.add_column(key.replace("kl_to_base", "KL to base").replace("groups_with_signal", "signal"),

@@ -200,7 +200,7 @@ def report(run_dir: Path, console: Console, brief: bool = False) -> list[dict]:
     rows = report_rows(load_summary(run_dir))
     path = run_dir / "summary" / "claims.md"
     atomic_write_bytes(path, markdown(rows).encode())
-    console.print(f"[bold]the paper's claims on this run[/] ({path})", highlight=False)
+    console.print("[bold]the paper's claims on this run[/]" + ("" if brief else f" ({path})"), highlight=False)
     for r in rows:
         console.print(f"  [{COLOUR[r['verdict']]}]{r['verdict']:<14}[/] {r['claim']} ({r['paper'].split(' (')[0]})",
                       highlight=False)
@@ -210,5 +210,5 @@ def report(run_dir: Path, console: Console, brief: bool = False) -> list[dict]:
             if "(" in r["paper"]:
                 console.print(f"      paper: {r['paper']}", highlight=False, style="dim")
     if brief:
-        console.print(f"  our numbers and the paper's: gft report --run {run_dir}", highlight=False)
+        console.print(f"  in full, with the paper's numbers: gft report --run {run_dir}", highlight=False)
     return rows

@@ -151,7 +151,7 @@ def run(config: SampleConfig, run_dir: Path, source: str, console: Console | Non
     if problems.duplicates:
         console.print(f"note: {problems.duplicates} duplicate questions dropped")
     if len(mine) != len(todo):
-        console.print(f"resuming: {len(mine) - len(todo)} of this process's {len(mine)} shards already done")
+        console.print(f"  resuming: {len(mine) - len(todo)} of this process's {len(mine)} already done (shards)")
     if todo:
         sample_shards(config, problems, model, vdir, todo, count, source, console)
     manifest = store.finalize(vdir, count, {"summary": summarize(vdir, len(problems))})

@@ -44,7 +44,7 @@ def test_reader_parses_the_full_shared_copy(name):
 
 
 def test_unknown_benchmark_lists_the_known_ones_and_missing_files_say_where():
-    with pytest.raises(GftError, match=r"unknown benchmark 'math5000' \(known: testbed, math500"):
+    with pytest.raises(GftError, match=r"unknown benchmark 'math5000' \(known: testbed, testbed-probe, math500"):
         resolve_names(["math5000"])
     assert len(resolve_names(["paper"])) == 11
     with pytest.raises(GftError, match="file not found"):
@@ -61,7 +61,8 @@ def test_a_missing_field_is_named(tmp_path):
 
 
 def eval_args(run: Path, *extra: str) -> list[str]:
-    return ["eval", "--run", str(run), "--limit", "12", "--shard-size", "4", "--max-new-tokens", "24", *extra]
+    return ["eval", "--run", str(run), "--limit", "12", "--shard-size", "4", "--max-new-tokens", "24",
+            "--benchmarks", "testbed", *extra]
 
 
 def samples(run: Path) -> pd.DataFrame:

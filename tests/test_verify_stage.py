@@ -101,7 +101,7 @@ def test_cli_verify_on_the_embedded_default_and_second_run(tmp_path):
     gft("sample-teacher", *small, check=True)
     gft("sample-self", *small, check=True)
     first = gft("verify", "--run", str(tmp_path), "--workers", "2", "--timeout", "5", check=True)
-    assert "expert" in first.stdout and "answers/s" in first.stdout
+    assert "correct: expert 100%" in first.stdout and "scored" in first.stdout
     df = rewards(tmp_path)
     assert (df[df.source == "expert"].status == "correct").all()  # every bundled expert solution verifies
     assert len(df) == 16 + 16 * 3 + 16 * 4
