@@ -329,8 +329,9 @@ def write_single(path: Path, pools: dict[str, Pools], prompts: dict, problems: d
 
 
 def summary_line(manifest: dict) -> str:
+    """Groups with signal out of prompts in, zero-variance groups by kind, mean reward per sampled source."""
     s = manifest["summary"]
     rewards = ", ".join(f"{src} {st['mean_reward']:.2f}" for src, st in s["by_source"].items() if src != "expert")
-    zero = "".join(f"; zero-variance: {kind} {n}" for kind, n in sorted(s["zero_variance"].items()) if n)
-    return (f"{s['groups_out']}/{s['prompts_in']} prompts make groups with signal"
-            + (f"; mean reward {rewards}" if rewards else "") + zero)
+    zero = ", ".join(f"{n} zero-var: {kind}" for kind, n in sorted(s["zero_variance"].items()) if n)
+    return (f"{s['groups_out']}/{s['prompts_in']} groups" + (f" ({zero})" if zero else "")
+            + (f"; reward {rewards}" if rewards else ""))

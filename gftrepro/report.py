@@ -178,6 +178,39 @@ def markdown(rows: list[dict]) -> str:
         "'at or above' / 'keeps' fails only when wholly below (gftrepro/report.py).\n"
 
 
+PAPER_TABLES = (  # (paper table key, metric in our per_seed keys, the paper's row -> our model)
+    ("gft_table3_forgetting", "pass@1", {"base": "base", "sft": "sft", "grpo": "grpo", "gft": "gft"}),
+    ("gft_table4_passk", "pass@128", {"base": "base", "grpo": "grpo", "gft": "gft"}),
+)
+
+
+def side_by_side(summary: list[dict], paper: dict) -> str:
+    """The paper's per-benchmark tables next to ours, for the benchmarks this run evaluated (a GPU run with
+    the paper's benchmarks); empty on the miniature. Ours: mean over seeds; 'GFT' is gft-online if present."""
+    rows = {r["model"]: r for r in summary}
+    gft = pick(rows, "gft-online", "gft")
+    out = []
+    for key, metric, models in PAPER_TABLES:
+        table = paper[key]["rows"]
+        table = table.get(metric, table)  # Table 4 is keyed by pass@k first
+        benches = [b for b in next(iter(table.values())) if b != "avg"
+                   and any(f"{b}/{metric}" in r.get("per_seed", {}) for r in summary)]
+        if not benches:
+            continue
+        out += [f"\n{paper[key]['source']}: {metric}, paper / ours\n",
+                "| model | " + " | ".join(benches) + " |", "|---|" + "---|" * len(benches)]
+        for paper_row, ours in models.items():
+            ours = gft if ours == "gft" else ours
+            per = rows.get(ours, {}).get("per_seed", {})
+            cells = []
+            for b in benches:
+                vals = per.get(f"{b}/{metric}")
+                mine = f"{100 * sum(vals) / len(vals):.1f}" if vals else "-"
+                cells.append(f"{table.get(paper_row, {}).get(b, '-')} / {mine}")
+            out.append(f"| {paper_row} ({ours}) | " + " | ".join(cells) + " |")
+    return "\n".join(out) + ("\n" if out else "")
+
+
 def load_summary(run_dir: Path) -> list[dict]:
     path = run_dir / "summary" / "summary.json"
     if not path.is_file():
@@ -197,9 +230,10 @@ COLOUR = {REPRODUCED: "green", NOT_REPRODUCED: "red", NOT_MEASURED: "dim"}
 def report(run_dir: Path, console: Console, brief: bool = False) -> list[dict]:
     """Write claims.md; print every claim with our numbers and the paper's (``brief``: one line each, as
     at the end of ``gft run``)."""
-    rows = report_rows(load_summary(run_dir))
+    summary = load_summary(run_dir)
+    rows = report_rows(summary)
     path = run_dir / "summary" / "claims.md"
-    atomic_write_bytes(path, markdown(rows).encode())
+    atomic_write_bytes(path, (markdown(rows) + side_by_side(summary, paper_numbers())).encode())
     console.print("[bold]the paper's claims on this run[/]" + ("" if brief else f" ({path})"), highlight=False)
     for r in rows:
         console.print(f"  [{COLOUR[r['verdict']]}]{r['verdict']:<14}[/] {r['claim']} ({r['paper'].split(' (')[0]})",

@@ -194,11 +194,11 @@ def test_cli_on_the_embedded_default_with_paper_ratios(tmp_path):
     gft("sample-self", *small, "--n", "6", check=True)
     gft("verify", "--run", str(tmp_path), check=True)
     first = gft("build-groups", "--run", str(tmp_path), check=True)
-    assert "16/16 prompts make groups with signal" in first.stdout
+    assert "16/16 groups" in first.stdout
     assert "nothing to do" in gft("build-groups", "--run", str(tmp_path), check=True).stdout
     gft("build-groups", "--run", str(tmp_path), "--expert", "2", "--teacher", "0", "--self", "6", check=True)
     eight = gft("build-groups", "--run", str(tmp_path), "--expert", "8", "--teacher", "0", "--self", "0", check=True)
-    assert "zero-variance: all correct" in eight.stdout  # pure imitation carries no group signal
+    assert "0/16 groups (16 zero-var: all correct)" in eight.stdout  # pure imitation carries no group signal
     bad = gft("build-groups", "--run", str(tmp_path), "--expert", "0", "--teacher", "0", "--self", "0")
     assert bad.returncode == 2 and "sums to 0" in bad.stderr
     assert len(list(tmp_path.glob("build-groups/*/manifest.json"))) == 3

@@ -126,10 +126,17 @@ def greedy_accuracy(path, problems):
     return sum(score(t, p["answer"]).correct for t, p in zip(texts, problems, strict=True)) / len(problems)
 
 
-TEACHER_MIN, STUDENT_MAX = 0.7, 0.7  # measured on 100 held-out problems: teacher 0.85, student 0.52
+TEACHER_MIN, STUDENT_MAX = 0.7, 0.6  # sampled pass@1 on 200 held-out problems: student 0.23 (README)
 
 
 def test_trained_teacher_is_stronger_than_the_student(teacher_path, student_path):
     problems = task.generate()["test"][:60]  # held out: never trained on
     teacher, student = greedy_accuracy(teacher_path, problems), greedy_accuracy(student_path, problems)
     assert teacher >= TEACHER_MIN and student <= STUDENT_MAX and teacher > student, (teacher, student)
+
+
+def test_student_knows_the_probe_skill(student_path):
+    """The out-of-domain probe is a skill the base student has (>= 60%, the miniature's criterion):
+    fine-tuning can only erode it. (SFT and GRPO gaining 5 points on the task takes a 3-seed run:
+    benchmarks/headroom.py, figures in benchmarks/RESULTS.md.)"""
+    assert greedy_accuracy(student_path, task.generate()["probe"][:60]) >= 0.6

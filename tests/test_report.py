@@ -119,3 +119,14 @@ def test_probe_benchmark_reads_the_bundled_probe_split():
     assert problems[0]["gold"] == str(max(numbers))
     test, _ = load_benchmark(resolve_names(["testbed"])[0], "", limit=0)
     assert not {p["question"] for p in test} & {p["question"] for p in problems}
+
+
+def test_paper_tables_sit_next_to_ours_for_the_benchmarks_a_run_has():
+    paper = report.paper_numbers()
+    per = {"mawps/pass@1": [0.90, 0.92], "svamp/pass@1": [0.80, 0.80], "sat_math/pass@128": [0.5, 0.7]}
+    summary = [{"model": m, "seeds": 2, "per_seed": per} for m in ("base", "sft", "grpo", "gft-online")]
+    text = report.side_by_side(summary, paper)
+    assert "| model | mawps | svamp |" in text and "mmlu_stem" not in text  # only what the run evaluated
+    assert "| base (base) | 96.06 / 91.0 | 86.36 / 80.0 |" in text
+    assert "| gft (gft-online) | 72.58 / 60.0 |" in text  # Table 4, pass@128, sat_math
+    assert report.side_by_side([{"model": "base", "seeds": 1, "per_seed": {"testbed/pass@1": [0.2]}}], paper) == ""
