@@ -13,7 +13,7 @@ Writes: ``<run>/build-groups/<version>/``:
     gft build-groups --expert 2 --teacher 0 --self 6   # the paper's 2:6 ratio
     gft build-groups --std population --eps 1e-4       # TRL's conventions
 
-For each prompt: A_k = (R_k - mean(R)) / (std(R) + eps) over its K responses (DESIGN.md section 2).
+For each prompt: A_k = (R_k - mean(R)) / (std(R) + eps) over its K responses (docs/DESIGN.md section 2).
 
 Where this departs from the paper / the authors' code:
 

@@ -1,4 +1,4 @@
-"""One token-level loss for every method: l_t = -coef_t * log p_t (DESIGN.md section 2).
+"""One token-level loss for every method: l_t = -coef_t * log p_t (docs/DESIGN.md section 2).
 
 | method      | coef_t on -log p_t                      | gradient of l_t          |
 |-------------|-----------------------------------------|--------------------------|

@@ -13,7 +13,7 @@ Every other module asks this table instead of comparing method names:
 | grpo        | -            | A * clipped ratio (+ beta * KL)    | always         | 0:0:8 (paper's GRPO)        |
 
 GFT w/o GAL keeps DCR and drops the group advantage. Offline it trains the expert solutions with
-C(p) (DESIGN.md's table). Online its group is drawn like GFT's, and each response is weighted by
+C(p) (docs/DESIGN.md's table). Online its group is drawn like GFT's, and each response is weighted by
 its raw reward R in {0, 1} instead of a group-normalised advantage: correct responses are
 imitated with C(p), wrong ones are ignored (no advantage, so no negative signal).
 """

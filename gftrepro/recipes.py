@@ -47,7 +47,7 @@ SOURCES_NOTE = """# Sources of the values:
 #   paper (GFT, arXiv 2604.14258): K = 8 = 1 expert + 3 teacher (Qwen2.5-Math-72B) + 4 self, 10k prompts for
 #     group methods and 100k samples for single-trajectory ones (section 4.1); tau = 0.7 (section 4.7);
 #     evaluation: mean pass@1 over 16 samples at temperature 0.5, max 4,096 new tokens (appendix 9).
-#   authors' code (shared/reference/paper_results.json, public_code_settings): GFT lr 1e-6, token-mean,
+#   authors' code (gftrepro/reference/paper_results.json, public_code_settings): GFT lr 1e-6, token-mean,
 #     128 prompts x 8 per step, prompts <= 1,024 and responses <= 2,048 tokens, tau 0.1 in the released
 #     script; DFT/SFT lr 5e-5, AdamW (0.9, 0.95), weight decay 0.01, 10% warmup + cosine, clip 1.0,
 #     batch 256, max length 2,048, 1 epoch.

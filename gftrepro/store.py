@@ -1,6 +1,6 @@
 """The artifact store: run folder / stage folder / version folder / shards + manifest.
 
-Layout (DESIGN.md section 3)::
+Layout (docs/DESIGN.md section 3)::
 
     <run>/<stage>/<version>/
         config.json                       resolved config + input versions (written first)
