@@ -1,9 +1,10 @@
 """The paper's evaluation benchmarks: where to find each, and how to read question and gold answer.
 
 Local files (``--benchmark-dir DIR``) are read from ``DIR/<folder>/test.jsonl`` in the layouts of
-the public Qwen2.5-Math-style evaluation suites (the shared benchmark copies use them). Without
-a folder, a benchmark with a known hub source is loaded with ``datasets`` (users with network
-access); one without is an error that says to pass ``--benchmark-dir``. ``testbed`` is the bundled
+the public Qwen2.5-Math-style evaluation suites. Without a folder, the copies shipped in
+``data/benchmarks/`` are read (every paper benchmark except TabMWP, whose file no public copy
+had; sources and licences in data/benchmarks/README.md); then a benchmark with a known hub source
+is loaded with ``datasets``; one without is an error that says to pass ``--benchmark-dir``. ``testbed`` is the bundled
 held-out split, ``testbed-probe`` the bundled out-of-domain probe (a skill the embedded student
 learned in pretraining and the fine-tuning data never shows: the miniature of the paper's
 forgetting benchmarks). ``paper`` names the GFT paper's 11 benchmarks (its Tables 1-3).
@@ -127,17 +128,23 @@ def resolve_names(names: list[str]) -> list[Benchmark]:
     return out
 
 
+SHIPPED = BUNDLED["testbed"].parent / "benchmarks"  # data/benchmarks: the paper's test files (README there)
+
+
 def read_rows(bench: Benchmark, benchmark_dir: str) -> tuple[list[dict], str]:
-    """Raw rows and where they came from."""
+    """Raw rows and where they came from: the bundled testbed split, ``benchmark_dir``, the copy shipped
+    in data/benchmarks, or the hub (in that order)."""
     if bench.bundled is not None:
         path = BUNDLED["testbed"] / f"{bench.bundled}.jsonl"
     elif benchmark_dir:
         path = Path(benchmark_dir) / bench.folder / "test.jsonl"
+    elif (SHIPPED / bench.folder / "test.jsonl").is_file():
+        path = SHIPPED / bench.folder / "test.jsonl"
     elif bench.hub is not None:
         return load_hub(bench), f"hub:{bench.hub[0]}"
     else:
-        raise GftError(f"benchmark '{bench.name}' has no hub source known to gft: pass --benchmark-dir with "
-                       f"{bench.folder}/test.jsonl in it")
+        raise GftError(f"benchmark '{bench.name}' has no copy in {SHIPPED} and no hub source known to gft: pass "
+                       f"--benchmark-dir with {bench.folder}/test.jsonl in it")
     if not path.is_file():
         raise GftError(f"benchmark '{bench.name}': file not found: {path}")
     rows = []

@@ -71,7 +71,8 @@ class EvalConfig(GenerationOptions):
     model: str = opt("testbed:student", "model: testbed:<name>, a local folder (a gft train model), or a hub id")
     benchmarks: list[str] = opt(["testbed", "testbed-probe"], "benchmark names (the first is the main one), or "
                                 "'paper' for the paper's 11", versioned=False)
-    benchmark_dir: str = opt("", "folder with <benchmark>/test.jsonl copies ('' = the hub)", versioned=False)
+    benchmark_dir: str = opt("", "folder with <benchmark>/test.jsonl copies ('' = data/benchmarks, then the hub)",
+                             versioned=False)
     limit: int = opt(0, "first N problems of each benchmark (0 = all)", versioned=False)
     pass_k: int = opt(16, "largest k reported (pass@1, 2, 4, ... up to it)", versioned=False)
     n: int = opt(0, "samples per problem (0 = pass_k)", versioned=False)

@@ -12,7 +12,7 @@ from gftrepro.errors import GftError
 from gftrepro.verify import score
 
 FIXTURES = REPO / "tests" / "fixtures" / "benchmarks"
-SHARED = REPO.parent / "shared" / "benchmarks"
+SHIPPED = REPO / "data" / "benchmarks"
 EXPECTED_GOLD = {"math500": "\\left( 3, \\frac{\\pi}{2} \\right)", "minerva_math": "1.6", "olympiadbench": "2",
                  "aime24": "204", "aime25": "468", "amc23": "27", "college_math": "10-4 n", "sat_math": "A",
                  "mmlu_stem": "C", "mawps": "43", "svamp": "145", "gsm8k": "18",
@@ -35,10 +35,10 @@ def test_multiple_choice_questions_show_their_options():
     assert "A)" in s["question"]
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="the full shared benchmark copies are not beside the repo")
 @pytest.mark.parametrize("name", sorted(EXPECTED_GOLD))
-def test_reader_parses_the_full_shared_copy(name):
-    problems, source = load_benchmark(REGISTRY[name], str(SHARED))
+def test_reader_parses_the_copy_shipped_in_the_repo(name):
+    problems, source = load_benchmark(REGISTRY[name], "")  # no --benchmark-dir: data/benchmarks
+    assert source.startswith(str(SHIPPED))
     assert len(problems) >= 29 and all(p["gold"].strip() for p in problems)
     assert ("2 rows without a gold answer skipped" in source) == (name == "gaokao2023en")
 
@@ -49,8 +49,8 @@ def test_unknown_benchmark_lists_the_known_ones_and_missing_files_say_where():
     assert len(resolve_names(["paper"])) == 11
     with pytest.raises(GftError, match="file not found"):
         load_benchmark(REGISTRY["tabmwp"], str(FIXTURES))
-    with pytest.raises(GftError, match="no hub source known"):
-        load_benchmark(REGISTRY["minerva_math"], "")
+    with pytest.raises(GftError, match="no copy in .* and no hub source known"):
+        load_benchmark(REGISTRY["tabmwp"], "")  # the one paper benchmark not shipped
 
 
 def test_a_missing_field_is_named(tmp_path):
