@@ -22,19 +22,18 @@ from pathlib import Path
 from rich.console import Console
 
 from gftrepro import pipeline
-from gftrepro.report import holds
+from gftrepro.report import holds, stat
 
 
 def check(rows: dict[str, dict]) -> list[tuple[str, bool, str]]:
-    base = rows["base"]
     out = []
+    (bm, bs) = stat(rows, "base", "pass@1")
     for method in ("sft", "grpo"):
-        (m, s), (bm, bs) = rows[method]["pass@1"], base["pass@1"]
-        s, bs = s or 0.0, bs or 0.0
+        (m, s) = stat(rows, method, "pass@1")
         ok = m - bm >= 0.05 and holds("above", (m, s), (bm, bs))
         out.append((f"{method} pass@1 >= base + 5 points, intervals apart", ok,
                     f"{100 * m:.1f} ± {100 * s:.1f} vs base {100 * bm:.1f} ± {100 * bs:.1f}"))
-    probe = base["probe"][0]
+    probe = rows["base"]["probe"][0]
     out.append(("base probe pass@1 >= 60%", probe >= 0.60, f"{100 * probe:.1f}"))
     return out
 

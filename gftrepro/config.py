@@ -149,10 +149,10 @@ def to_yaml(config: Any) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True, width=100)
 
 
-def changed(config: Any, skip: tuple[str, ...] = (), baseline: Any = None) -> str:
-    """``key=value`` for every field that differs from ``baseline`` (default: the class defaults), except
-    the ``skip`` ones: the header line of a stage."""
-    out = []
+def changed(config: Any, skip: tuple[str, ...] = (), baseline: Any = None) -> dict[str, Any]:
+    """Every field that differs from ``baseline`` (default: the class defaults), except the ``skip``
+    ones, with its value: what a stage's header line shows."""
+    out = {}
     for f in dataclasses.fields(config):
         if f.name in skip:
             continue
@@ -164,6 +164,5 @@ def changed(config: Any, skip: tuple[str, ...] = (), baseline: Any = None) -> st
             default = f.default
         value = getattr(config, f.name)
         if value != default:
-            shown = ",".join(map(str, value)) if isinstance(value, list) else value
-            out.append(f"{f.name}={shown}")
-    return " ".join(out)
+            out[f.name] = value
+    return out

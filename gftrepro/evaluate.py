@@ -161,8 +161,8 @@ def collect(folder: Path, problems: list[dict], n: int) -> tuple[np.ndarray, lis
     return correct, answers, capped
 
 
-def run(config: EvalConfig, run_dir: Path, console: Console | None = None, table: bool = True) -> dict:
-    """Sample, score and report; ``table``: print the metrics table (``gft eval``) or only the summary
+def run(config: EvalConfig, run_dir: Path, console: Console | None = None, show_table: bool = True) -> dict:
+    """Sample, score and report; ``show_table``: print the metrics table (``gft eval``) or only the summary
     line (inside ``gft run``, whose own table follows)."""
     console = console or Console()
     if config.compare:
@@ -183,7 +183,7 @@ def run(config: EvalConfig, run_dir: Path, console: Console | None = None, table
     if any(jobs.values()):
         draw(config, model, benches, loaded, jobs, vdir, console)
     seconds = time.perf_counter() - started
-    return report(config, vdir, benches, loaded, n, seconds, console, table)
+    return report(config, vdir, benches, loaded, n, seconds, console, show_table)
 
 
 def draw(config: EvalConfig, model, benches: list[Benchmark], loaded: dict, jobs: dict, vdir: store.VersionDir,
@@ -231,8 +231,7 @@ def report(config: EvalConfig, vdir: store.VersionDir, benches: list[Benchmark],
     path = vdir.path / f"metrics-n{n}.json"
     if vdir.is_complete() and path.exists() and json.loads(path.read_text()) == json.loads(json.dumps(metrics)):
         manifest = vdir.read_manifest()
-        console.print(f"  [green]already complete, nothing to sample[/green]: {summary_line(metrics)}",
-                      highlight=False)
+        done_line(console, summary_line(metrics), "already complete, nothing to sample")
     else:
         manifest = write_reports(vdir, metrics, config.model, seconds)
         done_line(console, summary_line(metrics))

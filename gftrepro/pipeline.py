@@ -148,15 +148,15 @@ def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Conso
     curves: dict[str, list[dict]] = {}
     for seed in range(stages["train"].seed, stages["train"].seed + config.seeds):
         base_eval = dataclasses.replace(stages["eval"], model=student, seed=seed)
-        results["base"].append({"eval": evaluate.run(base_eval, run_dir, console, table=False)["metrics"],
-                                "train": None})
+        base = evaluate.run(base_eval, run_dir, console, show_table=False)
+        results["base"].append({"eval": base["metrics"], "train": None})
         for entry in config.methods:
             model_dir, metrics = train_chain(stages, run_dir, entry, seed, groups, teacher["version"], config.rounds,
                                              console)
             curves.setdefault(entry, metrics)
             ecfg = dataclasses.replace(stages["eval"], model=str(model_dir), seed=seed)
-            results.setdefault(entry, []).append({"eval": evaluate.run(ecfg, run_dir, console, table=False)["metrics"],
-                                                  "train": metrics})
+            evaluated = evaluate.run(ecfg, run_dir, console, show_table=False)
+            results.setdefault(entry, []).append({"eval": evaluated["metrics"], "train": metrics})
     signal_share = groups["summary"]["groups_out"] / max(groups["summary"]["prompts_in"], 1)
     rows = summary_rows(results, signal_share)
     write_outputs(run_dir / "summary", rows, results, curves, config)
@@ -303,10 +303,10 @@ def summary_tables(rows: list[dict], config: RunConfig) -> list[Table]:
 
     cols = [c for c in columns(rows) if not c[0].startswith("avg@")]
     main = [c for c in cols if c[0].startswith("pass@") or c[0] == "probe"]
-    groups = [(f"held-out accuracy (%), {config.seeds} seed(s), mean ± std", main),
-              ("training: entropy, KL to base, signal (last step)", [c for c in cols if c not in main])]
+    groups = [(f"held-out accuracy (%), {config.seeds} seed(s), mean ± std", main, True),
+              ("training: entropy, KL to base, signal (last step)", [c for c in cols if c not in main], False)]
     tables = []
-    for title, group in groups:
+    for title, group, with_base in groups:
         table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1),
                       min_width=len(title))
         table.add_column("model", overflow="fold")
@@ -314,7 +314,7 @@ def summary_tables(rows: list[dict], config: RunConfig) -> list[Table]:
             table.add_column(key.replace("kl_to_base", "KL to base").replace("groups_with_signal", "signal"),
                              justify="right", no_wrap=True)
         for r in rows:
-            if title.startswith("training") and r["model"] == "base":
+            if r["model"] == "base" and not with_base:  # the untrained base has no training signals
                 continue
             table.add_row(r["model"], *(cell(r.get(k), pct, "±") for k, pct in group))
         tables.append(table)

@@ -1,16 +1,41 @@
-"""PNG plots: pass@k curves (log-scale k), one line per model, one panel per benchmark + the average."""
+"""PNG plots: pass@k curves (log-scale k) per model, with seed bands for gft run, and training curves."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
-def passk_plot(by_model: dict[str, dict], path: Path) -> None:
-    """``by_model``: {label: metrics dict of gftrepro.evaluate}; writes one PNG."""
+def pyplot() -> Any:
+    """matplotlib's pyplot on the non-interactive Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(plt: Any, fig: Any, path: Path) -> None:
+    """Lay out, write to a temporary name, close, then rename into place (never a half-written PNG)."""
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def passk_axes(ax: Any, title: str, fontsize: float | None = None) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_title(title, **({} if fontsize is None else {"fontsize": fontsize}))
+    ax.set_xlabel("k")
+    ax.set_ylabel("pass@k (%)")
+    ax.grid(alpha=0.3)
+
+
+def passk_plot(by_model: dict[str, dict], path: Path) -> None:
+    """``by_model``: {label: metrics dict of gftrepro.evaluate}; writes one PNG."""
+    plt = pyplot()
 
     first = next(iter(by_model.values()))
     panels = list(first["benchmarks"]) + (["average (macro)"] if len(first["benchmarks"]) > 1 else [])
@@ -24,28 +49,17 @@ def passk_plot(by_model: dict[str, dict], path: Path) -> None:
                 continue
             ks = [k for k in metrics["ks"] if f"pass@{k}" in m]
             ax.plot(ks, [100 * m[f"pass@{k}"] for k in ks], marker="o", label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_title(panel)
-        ax.set_xlabel("k")
-        ax.set_ylabel("pass@k (%)")
-        ax.grid(alpha=0.3)
+        passk_axes(ax, panel)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save(plt, fig, path)
 
 
 def passk_band_plot(rows: list[dict], benchmarks: list[str], path: Path) -> None:
     """Pass@k against k (log scale) per model: the mean over seeds with a band of ± one std, one panel per
     benchmark. ``rows``: gftrepro.pipeline.summary_rows (their ``per_seed`` values)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     fig, axes = plt.subplots(1, len(benchmarks), figsize=(5.2 * len(benchmarks), 3.8), squeeze=False)
@@ -60,17 +74,9 @@ def passk_band_plot(rows: list[dict], benchmarks: list[str], path: Path) -> None
             (line,) = ax.plot(ks, mean, marker="o", markersize=3, label=f"{row['model']} ({row['seeds']})")
             if values.shape[1] > 1:
                 ax.fill_between(ks, mean - std, mean + std, color=line.get_color(), alpha=0.18, linewidth=0)
-        ax.set_xscale("log", base=2)
-        ax.set_title(f"{bench}: pass@k, mean ± std over seeds", fontsize=9)
-        ax.set_xlabel("k")
-        ax.set_ylabel("pass@k (%)")
-        ax.grid(alpha=0.3)
+        passk_axes(ax, f"{bench}: pass@k, mean ± std over seeds", fontsize=9)
     axes.flat[0].legend(fontsize=7, title="model (seeds)", title_fontsize=7)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save(plt, fig, path)
 
 
 TRAINING_PANELS = (("loss", "training loss"), ("entropy", "mean policy entropy (response tokens)"),
@@ -82,10 +88,7 @@ TRAINING_PANELS = (("loss", "training loss"), ("entropy", "mean policy entropy (
 def training_plot(curves: dict[str, list[dict]], path: Path) -> None:
     """Per optimizer step, one line per method: loss, entropy, KL to the base, the DCR-rectified share of
     tokens and, for on-policy methods, the mean reward of the self samples (panels with no data are left out)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = [(k, t) for k, t in TRAINING_PANELS if any(k in m for ms in curves.values() for m in ms)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.3), squeeze=False)
@@ -98,8 +101,4 @@ def training_plot(curves: dict[str, list[dict]], path: Path) -> None:
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save(plt, fig, path)

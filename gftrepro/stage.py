@@ -22,14 +22,24 @@ def open_stage(run_dir: Path, stage: str, config: Any, inputs: dict[str, Any], c
     """The version folder for this config and these inputs; prints the header line (and, verbose, the
     resolved config)."""
     vdir = store.open_version(run_dir, stage, cfg.versioned_dict(config), inputs, cfg.to_dict(config))
-    # the upstream versions a run wires in are in config.json; a model inside the run shows as train/<version>
+    # the upstream versions a run wires in are in config.json
     skip = tuple(k for k in cfg.to_dict(config) if k.endswith("_version")) + ("ref_model",)
-    diff = cfg.changed(config, skip, BASELINES.get(stage)).replace(f"{run_dir}/", "").replace("/model ", " ")
-    console.print(f"[bold cyan]gft {stage}[/] {vdir.version}" + (f"  [dim]{diff.removesuffix('/model')}[/]"
-                                                                 if diff else ""), highlight=False)
+    changed = cfg.changed(config, skip, BASELINES.get(stage))
+    diff = " ".join(f"{k}={shown(v, run_dir)}" for k, v in changed.items())
+    console.print(f"[bold cyan]gft {stage}[/] {vdir.version}" + (f"  [dim]{diff}[/]" if diff else ""),
+                  highlight=False)
     if verbose():
         console.print(f"{vdir.path}\n{cfg.to_yaml(config).rstrip()}", highlight=False)
     return vdir
+
+
+def shown(value: Any, run_dir: Path) -> str:
+    """A header value: lists comma-joined; a model trained in this run as ``train/<version>``."""
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    text = str(value)
+    inside = text.removeprefix(f"{run_dir}/")
+    return inside.removesuffix("/model") if inside != text else text
 
 
 BASELINES: dict[str, Any] = {}  # gft run: each stage's header shows what differs from the run's own section
@@ -42,10 +52,10 @@ def verbose() -> bool:
 def already_done(vdir: store.VersionDir, console: Console, line: Callable[[dict], str]) -> dict:
     """Say a complete stage has nothing to do, with its summary line; return its manifest."""
     manifest = vdir.read_manifest()
-    console.print(f"  [green]already complete, nothing to do[/green]: {line(manifest)}", highlight=False)
+    done_line(console, line(manifest), "already complete, nothing to do")
     return manifest
 
 
-def done_line(console: Console, text: str) -> None:
+def done_line(console: Console, text: str, status: str = "done") -> None:
     """The one summary line a stage ends with."""
-    console.print(f"  [green]done[/green]: {text}", highlight=False)
+    console.print(f"  [green]{status}[/green]: {text}", highlight=False)

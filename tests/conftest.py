@@ -62,3 +62,20 @@ def kill_midway(args: list[str], root: Path, pattern: str, at_least: int = 1) ->
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def prepared_run(run: Path, small: list[str], groups: bool = False) -> Path:
+    """sample-teacher -> sample-self -> verify (-> build-groups) through the CLI on a few bundled problems."""
+    gft("sample-teacher", "--run", str(run), *small, check=True)
+    gft("sample-self", "--run", str(run), *small, check=True)
+    gft("verify", "--run", str(run), check=True)
+    if groups:
+        gft("build-groups", "--run", str(run), check=True)
+    return run
+
+
+def weights(folder: Path) -> dict:
+    """A saved model's tensors, by name."""
+    from safetensors.torch import load_file
+
+    return load_file(str(next(folder.glob("*.safetensors"))))

@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, gft, kill_midway
-from safetensors.torch import load_file
+from conftest import REPO, gft, kill_midway, prepared_run, weights
 
 from gftrepro.build_groups import group_advantages
 from gftrepro.online import ROLLOUTS
@@ -23,11 +22,7 @@ ONLINE = ["--prompts-per-step", "4", "--rollout-max-new-tokens", "32"]
 @pytest.fixture(scope="module")
 def verified_run(tmp_path_factory) -> Path:
     """sample-teacher -> sample-self -> verify on 16 bundled problems (what on-policy training reads)."""
-    run = tmp_path_factory.mktemp("onlinerun")
-    gft("sample-teacher", "--run", str(run), *SMALL, check=True)
-    gft("sample-self", "--run", str(run), *SMALL, check=True)
-    gft("verify", "--run", str(run), check=True)
-    return run
+    return prepared_run(tmp_path_factory.mktemp("onlinerun"), SMALL)
 
 
 def copy_run(src: Path, dst: Path) -> Path:
@@ -38,10 +33,6 @@ def copy_run(src: Path, dst: Path) -> Path:
 def only_version(run: Path) -> Path:
     (v,) = (run / "train").iterdir()
     return v
-
-
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(next(folder.glob("*.safetensors"))))
 
 
 def rollouts(v: Path) -> pd.DataFrame:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, gft, kill_midway
-from safetensors.torch import load_file
+from conftest import REPO, gft, kill_midway, prepared_run, weights
 
 from gftrepro.train import TrainConfig, backward_step, collate, tokenize
 
@@ -19,16 +18,7 @@ SMALL = ["--limit", "16", "--shard-size", "8", "--max-new-tokens", "24"]
 @pytest.fixture(scope="module")
 def grouped_run(tmp_path_factory) -> Path:
     """sample-teacher -> sample-self -> verify -> build-groups on 16 bundled problems."""
-    run = tmp_path_factory.mktemp("trainrun")
-    gft("sample-teacher", "--run", str(run), *SMALL, check=True)
-    gft("sample-self", "--run", str(run), *SMALL, check=True)
-    gft("verify", "--run", str(run), check=True)
-    gft("build-groups", "--run", str(run), check=True)
-    return run
-
-
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(next(folder.glob("*.safetensors"))))
+    return prepared_run(tmp_path_factory.mktemp("trainrun"), SMALL, groups=True)
 
 
 def train_dir(run: Path, method: str) -> Path:
