@@ -49,8 +49,8 @@ from rich.console import Console
 from gftrepro import schema, store
 from gftrepro.config import opt
 from gftrepro.errors import GftError
-from gftrepro.models import format_prompt, load_tokenizer, resolve_model
-from gftrepro.stage import already_done, done_line, open_stage
+from gftrepro.models import ModelRef, format_prompt, load_tokenizer, resolve_model
+from gftrepro.stage import already_done, done_line, open_stage, writing
 
 STD_MODES = ("unbiased", "population", "none")
 FILLS = ("teacher", "repeat")
@@ -164,13 +164,13 @@ def read_inputs(config: BuildGroupsConfig, run_dir: Path) -> tuple[store.Version
     verify = store.chosen_version(run_dir, "verify", config.verify_version)
     sampled = {}
     for stage, version in verify.read_manifest()["inputs"].items():
-        sampled[stage.removeprefix("sample-")] = store.VersionDir(run_dir / stage / version, stage, version)
+        sampled[stage.removeprefix("sample-")] = store.chosen_version(run_dir, stage, version)
     return verify, sampled
 
 
 def load_rewards(verify: store.VersionDir) -> list[dict]:
     rows = []
-    for path in sorted(verify.path.glob("shard-*.parquet")):
+    for path in verify.shard_paths():
         rows.extend(pq.read_table(path).to_pylist())
     for r in rows:
         if r["reward"] is None or not math.isfinite(r["reward"]) or not 0.0 <= r["reward"] <= 1.0:
@@ -182,7 +182,7 @@ def load_rewards(verify: store.VersionDir) -> list[dict]:
 def load_completions(sampled: dict[str, store.VersionDir]) -> dict[tuple[str, str, int], dict]:
     out = {}
     for source, vdir in sampled.items():
-        for path in sorted(vdir.path.glob("shard-*.parquet")):
+        for path in vdir.shard_paths():
             cols = ["prompt_id", "sample_idx", "completion", "finish_reason", "logprobs"]
             for row in pq.read_table(path, columns=cols).to_pylist():
                 out[(source, row["prompt_id"], row["sample_idx"])] = row
@@ -229,8 +229,15 @@ def run(config: BuildGroupsConfig, run_dir: Path, console: Console | None = None
     model = resolve_model(model_ref)
     inputs = {"verify": verify.version, "student": {"ref": model.ref, "fingerprint": model.fingerprint}}
     vdir = open_stage(run_dir, "build-groups", config, inputs, console)
-    if vdir.is_complete():
+    if vdir.is_complete(hashes=True):
         return already_done(vdir, console, summary_line)
+    with writing(vdir, console):
+        return write_version(config, vdir, verify, sampled, model, system_prompt, template, console)
+
+
+def write_version(config: BuildGroupsConfig, vdir: store.VersionDir, verify: store.VersionDir,
+                  sampled: dict[str, store.VersionDir], model: ModelRef, system_prompt: str, template: str,
+                  console: Console) -> dict:
     vdir.clear_stale_temporaries()
     tokenizer = load_tokenizer(model)
     problems: dict[str, dict] = {}
@@ -247,7 +254,8 @@ def run(config: BuildGroupsConfig, run_dir: Path, console: Console | None = None
     write_single(vdir.path / "sft.parquet", pools, prompts, problems, with_teacher=False)
     write_single(vdir.path / "sft-mix.parquet", pools, prompts, problems, with_teacher=True)
     count = max(1, -(-len(groups) // config.groups_per_shard))
-    manifest = store.finalize(vdir, count, {"summary": counts})
+    singles = [vdir.path / "sft.parquet", vdir.path / "sft-mix.parquet"]
+    manifest = store.finalize(vdir, count, {"summary": counts}, singles)
     assert manifest is not None
     done_line(console, summary_line(manifest))
     return manifest
@@ -318,7 +326,7 @@ def write_groups(vdir: store.VersionDir, groups: list[tuple[str, list[dict]]], p
 
 def write_single(path: Path, pools: dict[str, Pools], prompts: dict, problems: dict, with_teacher: bool) -> None:
     """Single-trajectory training set: each row its own group, advantage 1 (SFT / DFT ignore it)."""
-    if path.exists():
+    if store.readable_parquet(path):
         return
     rows: list[dict] = []
     for pid in sorted(pools):

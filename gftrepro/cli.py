@@ -232,21 +232,32 @@ def plan(
 
 
 @app.command("status")
-def status(run: Path = typer.Option(DEFAULT_RUN, "--run", help="run folder")) -> None:
-    """Where a run stands: each stage's versions, complete / partial / missing (manifests only)."""
+def status(run: Path = typer.Option(DEFAULT_RUN, "--run", help="run folder"),
+           verify: bool = typer.Option(False, "--verify", help="also check every file's sha256 against its manifest "
+                                       "(reads all of them)")) -> None:
+    """Where a run stands: each stage's versions, complete / partial / running / damaged. A version is
+    complete when its manifest parses and lists files that all exist with their recorded sizes (and, with
+    --verify, hashes)."""
 
     def body() -> None:
+        if run.exists() and not run.is_dir():
+            raise GftError(f"--run {run} is a file, not a run folder")
         if not run.is_dir():
             raise GftError(f"run folder {run} does not exist (run a stage first, or pass --run)")
-        table = Table(title=f"gft status: {run}")
-        for col in ("stage", "version", "state", "shards", "rows", "completed", "method / model"):
-            table.add_column(col)
-        colors = {"complete": "green", "partial": "yellow", "missing": "dim"}
-        for r in store.status_rows(run):
+        table = Table(title=f"gft status: {run}" + (" (hashes checked)" if verify else ""))
+        for col in ("stage", "version", "state", "shards", "rows", "completed", "method / model / problem"):
+            table.add_column(col, overflow="fold")
+        colors = {"complete": "green", "partial": "yellow", "running": "cyan", "damaged": "red", "missing": "dim"}
+        rows = store.status_rows(run, hashes=verify)
+        for r in rows:
             table.add_row(r["stage"], r["version"], f"[{colors[r['state']]}]{r['state']}[/]", r["shards"], r["rows"],
                           r["when"], r["what"])
         console = Console()
         Console(width=max(console.width, 140), file=console.file).print(table)
+        damaged = [r for r in rows if r["state"] == "damaged"]
+        if damaged:
+            console.print(f"{len(damaged)} damaged version(s): rerun their stage to redo the damaged parts",
+                          highlight=False)
 
     guarded(body)
 

@@ -52,7 +52,7 @@ from gftrepro.metrics import benchmark_metrics, ks_up_to, macro_average
 from gftrepro.models import format_prompt, load_tokenizer, resolve_model, stop_token_ids
 from gftrepro.pool import DeadlinePool
 from gftrepro.sample import sample_seed
-from gftrepro.stage import done_line, open_stage, verbose
+from gftrepro.stage import done_line, open_stage, verbose, writing
 from gftrepro.verify import judge, normalise
 from gftrepro.verify_stage import Scorer, VerifyConfig
 
@@ -91,9 +91,10 @@ class EvalConfig(GenerationOptions):
         self.validate_generation()
         if self.compare:
             return
-        if self.samples < 1:
-            raise GftError(f"n must be at least 1, got {self.samples}")
-        if not 1 <= self.pass_k <= self.samples:
+        if self.pass_k < 1 or self.n < 0:
+            raise GftError(f"--pass-k must be at least 1 (got {self.pass_k}) and --n at least 0 (0 = pass-k; "
+                           f"got {self.n})")
+        if not self.pass_k <= self.samples:
             raise GftError(f"pass_k must be in [1, n]: k = {self.pass_k} > n = {self.samples}")
         if self.limit < 0 or self.shard_size < 1:
             raise GftError("limit must be >= 0 and shard_size >= 1")
@@ -178,12 +179,14 @@ def run(config: EvalConfig, run_dir: Path, console: Console | None = None, show_
     if verbose():
         for name, (problems, source) in loaded.items():
             console.print(f"  {name}: {len(problems)} problems from {source}", highlight=False)
-    jobs = {b.name: plan(loaded[b.name][0], bench_folder(vdir, b, config.limit), config.shard_size, n) for b in benches}
-    started = time.perf_counter()
-    if any(jobs.values()):
-        draw(config, model, benches, loaded, jobs, vdir, console)
-    seconds = time.perf_counter() - started
-    return report(config, vdir, benches, loaded, n, seconds, console, show_table)
+    with writing(vdir, console):
+        jobs = {b.name: plan(loaded[b.name][0], bench_folder(vdir, b, config.limit), config.shard_size, n)
+                for b in benches}
+        started = time.perf_counter()
+        if any(jobs.values()):
+            draw(config, model, benches, loaded, jobs, vdir, console)
+        seconds = time.perf_counter() - started
+        return report(config, vdir, benches, loaded, n, seconds, console, show_table)
 
 
 def draw(config: EvalConfig, model, benches: list[Benchmark], loaded: dict, jobs: dict, vdir: store.VersionDir,
@@ -205,7 +208,7 @@ def draw(config: EvalConfig, model, benches: list[Benchmark], loaded: dict, jobs
             problems, source = loaded[bench.name]
             folder = bench_folder(vdir, bench, config.limit)
             folder.mkdir(parents=True, exist_ok=True)
-            if not (folder / "problems.parquet").exists():
+            if not store.readable_parquet(folder / "problems.parquet"):
                 store.write_table(folder / "problems.parquet", pa.Table.from_pylist(problems),
                                   {"source": source})
             system = config.mc_system_prompt if bench.multiple_choice else config.system_prompt
@@ -233,7 +236,9 @@ def report(config: EvalConfig, vdir: store.VersionDir, benches: list[Benchmark],
         manifest = vdir.read_manifest()
         done_line(console, summary_line(metrics), "already complete, nothing to sample")
     else:
-        manifest = write_reports(vdir, metrics, config.model, seconds)
+        files = sorted(p for b in benches for p in bench_folder(vdir, b, config.limit).iterdir() if p.is_file()
+                       and not p.name.startswith("."))
+        manifest = write_reports(vdir, metrics, config.model, seconds, files)
         done_line(console, summary_line(metrics))
     if show_table:
         console.print(metrics_table(metrics, f"eval {vdir.version}: {config.model}", console.width))
@@ -248,8 +253,9 @@ def summary_line(metrics: dict) -> str:
     return ", ".join(parts) + f" (pass@1 / pass@{n})" + (f"; {capped} at the token cap" if capped else "")
 
 
-def write_reports(vdir: store.VersionDir, metrics: dict, model: str, seconds: float) -> dict:
-    """metrics json, markdown table, pass@k PNG, then the manifest (last)."""
+def write_reports(vdir: store.VersionDir, metrics: dict, model: str, seconds: float, files: list[Path]) -> dict:
+    """metrics json, markdown table, pass@k PNG, then the manifest (last), which lists the sample shards and
+    the metrics file with their sizes and hashes."""
     from gftrepro.plots import passk_plot
 
     n = metrics["n"]
@@ -258,7 +264,8 @@ def write_reports(vdir: store.VersionDir, metrics: dict, model: str, seconds: fl
     passk_plot({model: metrics}, vdir.path / f"passk-n{n}.png")
     manifest = {"stage": "eval", "version": vdir.version, "complete": True, "completed_at": store.now(),
                 "config": json.loads((vdir.path / store.CONFIG).read_text())["config"], "metrics": metrics,
-                "sampling_seconds_last_run": seconds, "environment": store.environment()}
+                "sampling_seconds_last_run": seconds, "environment": store.environment(),
+                "files": [store.file_record(p, vdir.path) for p in [*files, vdir.path / f"metrics-n{n}.json"]]}
     store.atomic_write_json(vdir.manifest_path, manifest)
     return manifest
 

@@ -51,10 +51,21 @@ def resolve_model(ref: str) -> ModelRef:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise GftError(f"model folder {path} has no config.json (expected a save_pretrained folder)")
+        check_trained(path)
         return ModelRef(ref, str(path.resolve()), folder_fingerprint(path))
     if path.exists() or ref.startswith(("/", "./", "../", "~")) or ref.count("/") > 1:
         raise GftError(f"model path does not exist or is not a folder: {ref}")
     return ModelRef(ref, ref, f"hub:{ref}")  # a hub id: loading reports whether it is reachable
+
+
+def check_trained(path: Path) -> None:
+    """A model a ``gft train`` version wrote (``<run>/train/<version>/model``) is used only if that version
+    is complete and every file matches its manifest's hash."""
+    version = path.resolve().parent
+    if path.name == "model" and version.parent.name == "train" and (version / "config.json").is_file():
+        from gftrepro.store import VersionDir
+
+        VersionDir(version, "train", version.name).verified()
 
 
 def load_tokenizer(model: ModelRef):

@@ -53,7 +53,16 @@ from gftrepro.errors import GftError
 from gftrepro.models import ModelRef, format_prompt, load_tokenizer, stop_token_ids
 from gftrepro.pool import DeadlinePool
 from gftrepro.stage import already_done, open_stage, verbose
-from gftrepro.train import Example, TrainConfig, Trainer, make_accelerator, start_model, summary_line, tokenize
+from gftrepro.train import (
+    Example,
+    TrainConfig,
+    Trainer,
+    make_accelerator,
+    start_model,
+    summary_line,
+    tokenize,
+    writing_version,
+)
 from gftrepro.verify import judge
 from gftrepro.verify_stage import Scorer, VerifyConfig, gold_map
 
@@ -232,35 +241,36 @@ def run(config: TrainConfig, run_dir: Path, console: Console | None = None) -> d
     steps = prompt_schedule(len(prompts), config, world)
     inputs = {"verify": verify.version, "model": {"ref": model.ref, "fingerprint": model.fingerprint}}
     vdir = open_stage(run_dir, "train", config, inputs, console)
-    if vdir.is_complete():
+    if vdir.is_complete(hashes=True):
         return already_done(vdir, console, summary_line)
-    trainer = Trainer(config, accelerator, vdir, model, tokenizer, len(steps), console)
-    expert, teacher, own = config.group
-    if verbose() or trainer.start or dropped:
-        console.print(f"  on-policy {config.method}: {len(prompts)} prompts ({dict(dropped) or 'none dropped'}), "
-                      f"{len(steps)} steps of {config.prompts_per_step} prompts x K = {expert + teacher + own} "
-                      f"({expert}:{teacher}:{own})" + (f"; resuming at step {trainer.start}" if trainer.start else ""),
-                      highlight=False)
-    stops = stop_token_ids(tokenizer, model.path, ["<|im_end|>", "<|endoftext|>"])
-    params = SamplingParams(config.rollout_temperature, 1.0, config.rollout_max_new_tokens, stops, False)
-    vcfg = VerifyConfig(fallbacks=settings["fallbacks"] or VerifyConfig().fallbacks, timeout=config.verify_timeout,
-                        workers=config.verify_workers)
-    with ExitStack() as stack:
-        sampler = open_sampler(config, settings, model, tokenizer)
-        stack.callback(sampler.close)
-        sampler.load_weights(trainer.net.state_dict().items())  # the resumed weights, if resuming
-        pool = stack.enter_context(DeadlinePool(judge, vcfg.workers, vcfg.timeout,
-                                                preload=["math_verify", "gftrepro.verify"]))
-        scorer = Scorer(vcfg, pool)
-        bar = stack.enter_context(trainer.progress())
-        task = bar.add_task("train", total=len(steps), completed=trainer.start, info="")
-        for step in range(trainer.start, len(steps)):
-            m = one_step(trainer, sampler, scorer, params, [prompts[i] for i in steps[step]], step)
-            bar.update(task, advance=1, info=f"loss {m['loss']:.4f} reward {m.get('reward/self', 0):.2f}")
-            trainer.checkpoint(step)
-    return trainer.finish({"sequences": len(steps) * config.prompts_per_step * (expert + teacher + own),
-                           "prompts": len(prompts), "dropped": dict(dropped), "data": "online",
-                           "online": True})
+    with writing_version(accelerator, vdir, console):
+        trainer = Trainer(config, accelerator, vdir, model, tokenizer, len(steps), console)
+        expert, teacher, own = config.group
+        if verbose() or trainer.start or dropped:
+            resuming = f"; resuming at step {trainer.start}" if trainer.start else ""
+            console.print(f"  on-policy {config.method}: {len(prompts)} prompts ({dict(dropped) or 'none dropped'}), "
+                          f"{len(steps)} steps of {config.prompts_per_step} prompts x K = {expert + teacher + own} "
+                          f"({expert}:{teacher}:{own}){resuming}", highlight=False)
+        stops = stop_token_ids(tokenizer, model.path, ["<|im_end|>", "<|endoftext|>"])
+        params = SamplingParams(config.rollout_temperature, 1.0, config.rollout_max_new_tokens, stops, False)
+        vcfg = VerifyConfig(fallbacks=settings["fallbacks"] or VerifyConfig().fallbacks, timeout=config.verify_timeout,
+                            workers=config.verify_workers)
+        with ExitStack() as stack:
+            sampler = open_sampler(config, settings, model, tokenizer)
+            stack.callback(sampler.close)
+            sampler.load_weights(trainer.net.state_dict().items())  # the resumed weights, if resuming
+            pool = stack.enter_context(DeadlinePool(judge, vcfg.workers, vcfg.timeout,
+                                                    preload=["math_verify", "gftrepro.verify"]))
+            scorer = Scorer(vcfg, pool)
+            bar = stack.enter_context(trainer.progress())
+            task = bar.add_task("train", total=len(steps), completed=trainer.start, info="")
+            for step in range(trainer.start, len(steps)):
+                m = one_step(trainer, sampler, scorer, params, [prompts[i] for i in steps[step]], step)
+                bar.update(task, advance=1, info=f"loss {m['loss']:.4f} reward {m.get('reward/self', 0):.2f}")
+                trainer.checkpoint(step)
+        return trainer.finish({"sequences": len(steps) * config.prompts_per_step * (expert + teacher + own),
+                               "prompts": len(prompts), "dropped": dict(dropped), "data": "online",
+                               "online": True})
 
 
 def one_step(trainer: Trainer, sampler: Any, scorer: Scorer, params: SamplingParams, step_prompts: list[Prompt],

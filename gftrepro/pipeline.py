@@ -223,7 +223,7 @@ def train_method(stages: dict[str, Any], run_dir: Path, method: str, seed: int, 
                                online=bool(verify_version), verify_version=verify_version)
     manifest = train.run(tcfg, run_dir, console)
     model_dir = run_dir / "train" / manifest["version"] / "model"
-    return model_dir, [json.loads(x) for x in (model_dir.parent / "metrics.jsonl").read_text().splitlines() if x]
+    return model_dir, train.metric_lines(model_dir.parent / "metrics.jsonl")
 
 
 FORGETTING = ("testbed-probe", "mawps", "svamp", "mmlu_stem")  # probes of prior skills (paper Table 3)

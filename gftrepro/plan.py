@@ -33,6 +33,7 @@ from rich.table import Table
 
 from gftrepro import config as cfg
 from gftrepro import store
+from gftrepro.methods import REGISTRY
 from gftrepro.recipes import MODELS, TEACHER
 
 PARAMS_B = {f.hub: f.params_b for f in MODELS} | {TEACHER: 72.7, "testbed:teacher": 0.0009,
@@ -108,6 +109,8 @@ def plan_rows(run: Any, stages: dict[str, Any], run_dir: Path, a: Assumptions) -
             t = train_config_for(stages, method)
             rows.append(online_row(entry, method, t, stages, a, p) if online else
                         offline_row(entry, method, t, stages, run_dir, done, a, p, single=len(links) == 1))
+            if not online and run.rounds > 1 and REGISTRY[method].rounds:
+                rows.append(rounds_row(rows[-1], method, run.rounds, ss, a, p))
     e = stages["eval"]
     from gftrepro.benchmarks import resolve_names
 
@@ -140,6 +143,19 @@ def offline_row(entry: str, method: str, t: Any, stages: dict[str, Any], run_dir
     return {"stage": f"train {method}" + ("" if single else f" ({entry})"), "model": ss.model,
             "work": f"{sequences:,} sequences", "samples": None, "tokens": tokens, "gpu_h": train_hours(tokens, p),
             "done": trained}
+
+
+def rounds_row(first: dict, method: str, rounds: int, ss: Any, a: Assumptions, p: float | None) -> dict:
+    """``--rounds R``: rounds 2..R each re-sample the self rollouts from the new checkpoint (then verify,
+    build groups) and train again as much as the first round."""
+    more = rounds - 1
+    samples = more * ss.limit * ss.n
+    gen = gpu_hours_gen(samples * a.mean_new_tokens, ss.model, a)
+    train = train_hours(more * first["tokens"], p)
+    return {"stage": f"train {method} rounds 2-{rounds}", "model": ss.model,
+            "work": f"{more} x (re-sample {ss.limit:,} x {ss.n}, retrain)", "samples": samples,
+            "tokens": samples * a.mean_new_tokens + more * first["tokens"],
+            "gpu_h": None if gen is None or train is None else gen + train, "done": None}
 
 
 def online_row(entry: str, method: str, t: Any, stages: dict[str, Any], a: Assumptions, p: float | None) -> dict:

@@ -78,6 +78,8 @@ def load_raw(dataset: str, split: str):
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     local = resolve_files(dataset, split)
+    if local is not None and all(f.stat().st_size == 0 for f in local[0]):
+        raise GftError(f"dataset '{dataset}' (split '{split}') is empty: {', '.join(str(f) for f in local[0])}")
     try:
         if local is not None:
             files, fmt = local

@@ -38,7 +38,7 @@ from gftrepro.backends import GenerationOptions, Request, SamplingParams, make_b
 from gftrepro.config import opt, require
 from gftrepro.models import ModelRef, format_prompt, load_tokenizer, resolve_model, stop_token_ids
 from gftrepro.problems import Problems, load_problems
-from gftrepro.stage import already_done, done_line, open_stage
+from gftrepro.stage import already_done, done_line, open_stage, writing
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def summarize(vdir: store.VersionDir, num_prompts: int) -> dict:
     """Totals over all shards (read from shard columns and metadata, so resumed runs add up)."""
     samples = tokens = truncated = 0
     seconds = 0.0
-    for path in sorted(vdir.path.glob("shard-*.parquet")):
+    for path in sorted(vdir.path.glob("shard-*.parquet")):  # finalize checks every shard is there
         t = pq.read_table(path, columns=["completion_tokens", "finish_reason"])
         samples += t.num_rows
         tokens += sum(t.column("completion_tokens").to_pylist())
@@ -137,16 +137,20 @@ def run(config: SampleConfig, run_dir: Path, source: str, console: Console | Non
     model = resolve_model(config.model)
     inputs = {"problems": problems.fingerprint, "model": {"ref": model.ref, "fingerprint": model.fingerprint}}
     vdir = open_stage(run_dir, stage, config, inputs, console)
-    if vdir.is_complete():
+    if vdir.is_complete(hashes=True):
         return already_done(vdir, console, summary_line)
+    with writing(vdir, console, f"part-{config.shard_index}-of-{config.num_shards}" if config.num_shards > 1 else ""):
+        return write_version(config, problems, model, vdir, source, console)
 
+
+def write_version(config: SampleConfig, problems: Problems, model: ModelRef, vdir: store.VersionDir, source: str,
+                  console: Console) -> dict | None:
     count = -(-len(problems) // config.shard_size)
     mine = [k for k in range(count) if k % config.num_shards == config.shard_index]
     todo = [k for k in mine if k not in vdir.done_shards()]
-    if config.num_shards == 1:
-        vdir.clear_stale_temporaries()
+    vdir.clear_stale_temporaries()
     problems_path = vdir.path / "problems.parquet"
-    if not problems_path.exists():
+    if not store.readable_parquet(problems_path):
         store.write_table(problems_path, problems.table)
     if problems.duplicates:
         console.print(f"note: {problems.duplicates} duplicate questions dropped")
@@ -154,7 +158,7 @@ def run(config: SampleConfig, run_dir: Path, source: str, console: Console | Non
         console.print(f"  resuming: {len(mine) - len(todo)} of this process's {len(mine)} already done (shards)")
     if todo:
         sample_shards(config, problems, model, vdir, todo, count, source, console)
-    manifest = store.finalize(vdir, count, {"summary": summarize(vdir, len(problems))})
+    manifest = store.finalize(vdir, count, {"summary": summarize(vdir, len(problems))}, [problems_path])
     if manifest is None:
         missing = count - len(vdir.done_shards())
         console.print(f"part {config.shard_index}/{config.num_shards} done; {missing} shards of other parts missing, "

@@ -8,7 +8,8 @@ defaults. The whole resolved config is always in the version's ``config.json``; 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +60,13 @@ def already_done(vdir: store.VersionDir, console: Console, line: Callable[[dict]
 def done_line(console: Console, text: str, status: str = "done") -> None:
     """The one summary line a stage ends with."""
     console.print(f"  [green]{status}[/green]: {text}", highlight=False)
+
+
+@contextmanager
+def writing(vdir: store.VersionDir, console: Console, part: str = "") -> Iterator[None]:
+    """Hold the version's writer lock; first remove what is damaged (said on the console), so the stage
+    redoes only that."""
+    with store.writer_lock(vdir, part):
+        for said in vdir.repair():
+            console.print(f"  [yellow]{said}[/]", highlight=False)
+        yield

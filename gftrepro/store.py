@@ -7,11 +7,18 @@ Layout (docs/DESIGN.md section 3)::
         problems.parquet                  side tables a stage needs downstream (optional)
         shard-00000-of-00008.parquet      written to a temporary name, then os.replace'd
         ...
-        manifest.json                     written last: present == complete
+        manifest.json                     written last
 
 ``version`` is a hash of the stage name, its versioned config fields and its inputs' versions,
-so a changed config gets a new folder and an unchanged one finds its old results. A shard file
-that exists is complete (the rename is atomic); a killed stage loses at most the shards in flight.
+so a changed config gets a new folder and an unchanged one finds its old results.
+
+A version is *complete* when its manifest parses and every shard and file it lists exists with
+the recorded size; a stage that reads a version (and a stage rerun over its own) also checks the
+recorded sha256. A damaged version is named with what is wrong, and rerunning its stage removes
+the damaged files and redoes only them. A shard without a manifest counts as done only if its
+Parquet footer reads (a rename is atomic, but a copy or a full disk is not). One process writes a
+version at a time: ``writer_lock`` (holder's pid, host and start time; a dead holder's lock is
+stale and taken over).
 """
 
 from __future__ import annotations
@@ -21,8 +28,12 @@ import json
 import os
 import platform
 import re
+import socket
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +58,9 @@ def shard_name(index: int, count: int) -> str:
 
 def ensure_writable(folder: Path) -> None:
     """Create ``folder`` and prove a file can be written there, or raise one clear error."""
+    for parent in (folder, *folder.parents):
+        if parent.exists() and not parent.is_dir():
+            raise GftError(f"output folder {folder} is not writable: {parent} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
@@ -91,6 +105,24 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def file_record(path: Path, root: Path) -> dict[str, Any]:
+    """What a manifest records of one output file: its path inside the version, size and sha256."""
+    return {"name": path.relative_to(root).as_posix(), "size": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def readable_parquet(path: Path) -> bool:
+    """The footer reads (a truncated or half-copied file fails here)."""
+    try:
+        pq.read_metadata(path)
+        return True
+    except Exception:  # pyarrow raises ArrowInvalid / OSError on truncated or foreign bytes
+        return False
+
+
+# what a manifest must hold beyond the listed files: every stage has config; eval has metrics
+REQUIRED = {"eval": ("config", "metrics")}
+
+
 @dataclass(frozen=True)
 class VersionDir:
     """One version folder of one stage."""
@@ -103,29 +135,202 @@ class VersionDir:
     def manifest_path(self) -> Path:
         return self.path / MANIFEST
 
-    def is_complete(self) -> bool:
-        return self.manifest_path.exists()
+    def problems(self, hashes: bool = False) -> list[str]:
+        """What keeps this version from being complete ([] = complete): the manifest, then each listed
+        file (missing, wrong size; with ``hashes``, wrong content)."""
+        if not self.manifest_path.exists():
+            return ["no manifest.json (not finished)"]
+        try:
+            m = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            return [f"manifest.json does not parse ({type(e).__name__}: {e})"]
+        required = REQUIRED.get(self.stage, ("config", "summary"))
+        if not isinstance(m, dict) or m.get("complete") is not True or any(k not in m for k in required):
+            return [f"manifest.json lacks {', '.join(('complete',) + required)}"]
+        try:
+            records = listed_files(m)
+        except GftError as e:
+            return [f"manifest.json: {e}"]
+        found = []
+        for rec in records:
+            path = self.path / rec["name"]
+            if not path.is_file():
+                found.append(f"{rec['name']}: missing")
+            elif "size" in rec and path.stat().st_size != rec["size"]:
+                found.append(f"{rec['name']}: {path.stat().st_size} bytes, the manifest says {rec['size']}")
+            elif hashes and file_sha256(path) != rec["sha256"]:
+                found.append(f"{rec['name']}: content differs from its sha256 in the manifest")
+        return found
+
+    def is_complete(self, hashes: bool = False) -> bool:
+        return self.manifest_path.exists() and not self.problems(hashes)
+
+    def verified(self) -> VersionDir:
+        """This version, after checking every listed file's hash; a damaged one is one clear error."""
+        if not self.manifest_path.exists():
+            raise GftError(f"{self.stage} version {self.version} is not complete ({self.path}): run `gft {self.stage}`")
+        found = self.problems(hashes=True)
+        if found:
+            raise GftError(f"{self.stage} version {self.version} is damaged ({self.path}): {'; '.join(found[:3])}"
+                           + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+                           + f"; rerun `gft {self.stage}` to redo the damaged parts")
+        return self
 
     def shard_path(self, index: int, count: int) -> Path:
         return self.path / shard_name(index, count)
 
+    def shard_paths(self) -> list[Path]:
+        """The shards this version's manifest lists, in order (what a downstream stage reads)."""
+        return [self.path / s["name"] for s in self.read_manifest()["shards"]]
+
     def done_shards(self) -> dict[int, int]:
-        """{shard index: shard count} for every complete shard file present."""
+        """{shard index: shard count} for every shard file present whose Parquet footer reads."""
         found = {}
         if self.path.is_dir():
             for entry in os.listdir(self.path):
                 m = SHARD_RE.match(entry)
-                if m:
+                if m and readable_parquet(self.path / entry):
                     found[int(m.group(1))] = int(m.group(2))
         return found
 
     def read_manifest(self) -> dict[str, Any]:
+        found = self.problems()
+        if found:
+            raise GftError(f"{self.stage} version {self.version} is not complete ({self.path}): {found[0]}")
         return json.loads(self.manifest_path.read_text(encoding="utf-8"))
 
+    def repair(self) -> list[str]:
+        """Before a stage (re)writes this version: remove a damaged manifest and the files it lists
+        that are damaged, and shards whose footer does not read; say what was removed. Call under
+        ``writer_lock``."""
+        said = []
+        if self.manifest_path.exists():
+            found = self.problems(hashes=True)
+            if found:
+                try:
+                    listed = listed_files(json.loads(self.manifest_path.read_text(encoding="utf-8")))
+                except Exception:  # an unreadable manifest lists nothing we can trust
+                    listed = []
+                for rec in listed:
+                    path = self.path / rec["name"]
+                    if path.is_file() and (path.stat().st_size != rec.get("size", path.stat().st_size)
+                                           or file_sha256(path) != rec["sha256"]):
+                        path.unlink()
+                self.manifest_path.unlink()
+                said.append(f"damaged, redoing: {'; '.join(found[:3])}" + (f" and {len(found) - 3} more"
+                                                                          if len(found) > 3 else ""))
+        bad = [p for p in sorted(self.path.rglob("shard-*.parquet")) if not readable_parquet(p)]
+        for p in bad:
+            p.unlink()
+        if bad:
+            said.append(f"unreadable, redoing: {', '.join(p.relative_to(self.path).as_posix() for p in bad[:3])}"
+                        + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
+        return said
+
     def clear_stale_temporaries(self) -> None:
-        """Remove temporary files left by killed writers (only call with no writer running)."""
+        """Remove temporary files whose writer is no longer running (their names end in its pid)."""
         for entry in self.path.glob(".*.tmp-*"):
-            entry.unlink(missing_ok=True)
+            pid = entry.name.rsplit("-", 1)[-1]
+            if not (pid.isdigit() and alive(int(pid))):
+                entry.unlink(missing_ok=True)
+
+
+def listed_files(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every file a manifest vouches for: its shards, then its other outputs (a model, eval samples)."""
+    recs = [*manifest.get("shards", []), *manifest.get("files", [])]
+    if not all(isinstance(r, dict) and isinstance(r.get("name"), str) and "sha256" in r for r in recs):
+        raise GftError("manifest lists a file without name and sha256")
+    return recs
+
+
+# ---------------------------------------------------------------- one writer per version
+
+
+def process_start(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), so a reused pid is not mistaken for
+    the holder; '' where /proc is not there."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def alive(pid: int, start: str = "") -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return not start or process_start(pid) in ("", start)
+
+
+def lock_holder(path: Path) -> dict[str, Any] | None:
+    """The lock's holder, or None when the lock is gone or stale (its holder on this host died)."""
+    try:
+        holder = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"pid": "?", "host": "?", "since": "?", "command": f"unreadable lock file {path}"}
+    if holder.get("host") == socket.gethostname() and not alive(int(holder["pid"]), holder.get("start", "")):
+        return None
+    return holder
+
+
+@contextmanager
+def writer_lock(vdir: VersionDir, part: str = "") -> Iterator[None]:
+    """Hold ``.lock`` (or ``.lock-<part>`` for one part of a shard-parallel stage) while writing a version.
+    A second writer gets one clear error naming the holder; a lock whose holder died on this host is
+    taken over. A whole-version writer and a part writer exclude each other."""
+    name = ".lock" + (f"-{part}" if part else "")
+    path = vdir.path / name
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "start": process_start(os.getpid()), "since": now(),
+          "command": " ".join(sys.argv)}
+    tmp = vdir.path / f".{name}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(me))
+    try:
+        for _ in range(2):
+            try:
+                os.link(tmp, path)  # atomic: fails if held, and the lock is never seen half-written
+                break
+            except FileExistsError:
+                holder = lock_holder(path)
+                if holder is not None:
+                    raise GftError(busy(vdir, holder, path)) from None
+                path.unlink(missing_ok=True)  # stale: its holder is gone
+        else:
+            raise GftError(f"could not take the lock {path}")
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:
+        for other in vdir.path.glob(".lock*"):
+            conflict = other.name != name and (not part or other.name == ".lock")
+            holder = lock_holder(other) if conflict else None
+            if holder is not None:
+                raise GftError(busy(vdir, holder, other))
+        yield
+    finally:
+        try:
+            if json.loads(path.read_text()).get("pid") == me["pid"]:
+                path.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def busy(vdir: VersionDir, holder: dict[str, Any], path: Path) -> str:
+    return (f"{vdir.stage} version {vdir.version} is being written by pid {holder['pid']} on {holder['host']} "
+            f"(since {holder['since']}: {holder['command']}); wait for it to finish, or if that process is gone, "
+            f"delete {path}")
+
+
+def running(vdir: VersionDir) -> dict[str, Any] | None:
+    """The live writer of this version, if any."""
+    for path in vdir.path.glob(".lock*"):
+        holder = lock_holder(path)
+        if holder is not None:
+            return holder
+    return None
 
 
 def open_version(run_dir: Path, stage: str, config: dict[str, Any], inputs: dict[str, Any],
@@ -161,8 +366,10 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def finalize(vdir: VersionDir, shard_count: int, extra: dict[str, Any]) -> dict[str, Any] | None:
-    """Write the manifest if every shard is present; return it, or None if shards are missing.
+def finalize(vdir: VersionDir, shard_count: int, extra: dict[str, Any],
+             files: list[Path] = ()) -> dict[str, Any] | None:
+    """Write the manifest if every shard is present; return it, or None if shards are missing. It records
+    each shard's rows, size and sha256, and the same for ``files`` (outputs that are not shards).
 
     Several processes sharing a stage (``--shard-index``) may all reach this point; each writes
     the same manifest atomically, so the last rename wins with identical content.
@@ -174,8 +381,8 @@ def finalize(vdir: VersionDir, shard_count: int, extra: dict[str, Any]) -> dict[
     shards = []
     for i in range(shard_count):
         path = vdir.shard_path(i, shard_count)
-        shards.append({"name": path.name, "rows": pq.read_metadata(path).num_rows,
-                       "sha256": file_sha256(path), **shard_metadata(path)})
+        shards.append({**file_record(path, vdir.path), "rows": pq.read_metadata(path).num_rows,
+                       **shard_metadata(path)})
     manifest = {
         "stage": vdir.stage,
         "version": vdir.version,
@@ -185,6 +392,7 @@ def finalize(vdir: VersionDir, shard_count: int, extra: dict[str, Any]) -> dict[
         "config": cfg["config"],
         "inputs": cfg["inputs"],
         "shards": shards,
+        "files": [file_record(f, vdir.path) for f in files],
         "environment": environment(),
         **extra,
     }
@@ -200,44 +408,63 @@ def versions(run_dir: Path, stage: str) -> list[VersionDir]:
 
 
 def chosen_version(run_dir: Path, stage: str, wanted: str) -> VersionDir:
-    """Version ``wanted`` of ``stage``, which must be complete; the latest complete one when ``''``."""
+    """Version ``wanted`` of ``stage`` (the latest finished one when ``''``), checked file by file against
+    its manifest, hashes included: what a stage reading it gets, or one clear error."""
     if not wanted:
         return latest_complete(run_dir, stage)
     vdir = VersionDir(run_dir / stage / wanted, stage, wanted)
-    if not vdir.is_complete():
+    if not vdir.manifest_path.exists():
         raise GftError(f"{stage} version {wanted} is not complete in {run_dir}")
-    return vdir
+    return vdir.verified()
 
 
 def latest_complete(run_dir: Path, stage: str) -> VersionDir:
-    """The most recently completed version of ``stage`` (what a downstream stage reads by default)."""
-    done = [v for v in versions(run_dir, stage) if v.is_complete()]
+    """The most recently finished version of ``stage`` (what a downstream stage reads by default),
+    verified; a damaged latest version is an error, never silently replaced by an older one."""
+    done = [v for v in versions(run_dir, stage) if v.manifest_path.exists()]
     if not done:
         raise GftError(f"no complete '{stage}' stage in {run_dir}: run `gft {stage}` first")
-    return max(done, key=lambda v: v.manifest_path.stat().st_mtime)
+    return max(done, key=lambda v: v.manifest_path.stat().st_mtime).verified()
 
 
-def status_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """One row per version folder (or per missing stage), from manifests and shard names only."""
+def status_rows(run_dir: Path, hashes: bool = False) -> list[dict[str, Any]]:
+    """One row per version folder (or per missing stage): complete, partial (with progress), running
+    (a live writer holds its lock) or damaged (what is wrong). Sizes are checked; with ``hashes`` the
+    content too. One bad version never stops the others from being listed."""
     rows = []
     for stage in STAGES:
         found = versions(run_dir, stage)
         if not found:
             rows.append({"stage": stage, "version": "-", "state": "missing", "shards": "-", "rows": "-",
                          "when": "-", "what": ""})
-            continue
         for v in found:
-            done = v.done_shards()
-            total = max(done.values(), default=0)
-            if v.is_complete():
-                m = v.read_manifest()
-                count = len(m.get("shards", []))  # train and eval keep no top-level shards
-                what = m.get("summary", {}).get("method") or m.get("metrics", {}).get("model") or ""
-                rows.append({"stage": stage, "version": v.version, "state": "complete",
-                             "shards": f"{count}/{count}" if count else "-",
-                             "rows": str(m["rows"]) if count else "-", "when": m.get("completed_at", "-"),
-                             "what": str(what)})
-            else:
-                rows.append({"stage": stage, "version": v.version, "state": "partial",
-                             "shards": f"{len(done)}/{total or '?'}", "rows": "-", "when": "-", "what": ""})
+            try:
+                rows.append(version_row(v, hashes))
+            except Exception as e:  # a file we cannot read must not hide the rest of the run
+                rows.append({"stage": stage, "version": v.version, "state": "damaged", "shards": "-", "rows": "-",
+                             "when": "-", "what": f"{type(e).__name__}: {e}"})
     return rows
+
+
+def version_row(v: VersionDir, hashes: bool) -> dict[str, Any]:
+    row = {"stage": v.stage, "version": v.version, "shards": "-", "rows": "-", "when": "-", "what": ""}
+    found = v.problems(hashes)
+    if not found:
+        m = json.loads(v.manifest_path.read_text(encoding="utf-8"))
+        count = len(m.get("shards", []))  # train and eval keep no top-level shards
+        what = m.get("summary", {}).get("method") or m.get("metrics", {}).get("model") or ""
+        return row | {"state": "complete", "shards": f"{count}/{count}" if count else "-",
+                      "rows": str(m["rows"]) if count else "-", "when": m.get("completed_at", "-"), "what": str(what)}
+    holder = running(v)
+    if v.manifest_path.exists() and holder is None:
+        return row | {"state": "damaged", "what": "; ".join(found[:2]) + (f" (+{len(found) - 2})" if len(found) > 2
+                                                                         else "")}
+    row |= {"state": "running" if holder else "partial", "what": f"pid {holder['pid']}" if holder else ""}
+    state_file = v.path / "checkpoint" / "trainer_state.json"
+    if state_file.exists():  # a train version: the checkpoint's step
+        state = json.loads(state_file.read_text())
+        return row | {"shards": f"step {state['step']}/{state.get('total_steps', '?')}"}
+    shards = list(v.path.rglob("shard-*.parquet"))
+    done = v.done_shards()
+    total = max(done.values(), default=0)
+    return row | {"shards": f"{len(done)}/{total}" if total else f"{len(shards)} files"}

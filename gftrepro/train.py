@@ -43,7 +43,8 @@ import re
 import shutil
 import time
 from collections import Counter
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from gftrepro import checkpoint, methods, store
 from gftrepro import config as cfg
-from gftrepro import methods, store
 from gftrepro.build_groups import STD_MODES
 from gftrepro.config import opt, require
 from gftrepro.errors import GftError
@@ -62,7 +63,7 @@ from gftrepro.logprobs import Policy, token_kl
 from gftrepro.losses import AGGREGATIONS, token_loss
 from gftrepro.methods import METHODS
 from gftrepro.models import ModelRef, first_line, load_tokenizer, resolve_model
-from gftrepro.stage import already_done, done_line, open_stage
+from gftrepro.stage import already_done, done_line, open_stage, writing
 
 DATASETS = ("groups", "sft", "sft-mix")
 
@@ -193,7 +194,7 @@ class Example:
 
 
 def read_rows(vdir: store.VersionDir, dataset: str) -> list[dict]:
-    paths = sorted(vdir.path.glob("shard-*.parquet")) if dataset == "groups" else [vdir.path / f"{dataset}.parquet"]
+    paths = vdir.shard_paths() if dataset == "groups" else [vdir.path / f"{dataset}.parquet"]
     needed = ["group_id", "prompt", "completion", "source", "advantage"]
     rows = []
     for path in paths:
@@ -330,44 +331,65 @@ def step_metrics(step: int, sums: dict[str, float], lr: float, grad_norm: float,
 # ---------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(accelerator: Any, vdir: store.VersionDir, step: int, state: dict[str, Any]) -> None:
-    """accelerate's save_state into a temporary folder, renamed over the previous checkpoint."""
+def save_checkpoint(trainer: Trainer, step: int) -> None:
+    """Every process writes its part into a temporary folder, renamed over the previous checkpoint."""
+    acc, vdir = trainer.accelerator, trainer.vdir
     tmp, final = vdir.path / ".checkpoint-tmp", vdir.path / "checkpoint"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=2))
+    if trainer.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    acc.wait_for_everyone()
+    checkpoint.save(tmp, trainer.rank, trainer.main, trainer.net, trainer.optimizer, trainer.scheduler)
+    acc.wait_for_everyone()
+    if trainer.main:
+        state = {**trainer.expected, "skipped": trainer.skipped, "step": step, "total_steps": trainer.total_steps}
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
         old = vdir.path / ".checkpoint-old"
         if final.exists():
             os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    acc.wait_for_everyone()
 
 
-def resume_step(accelerator: Any, vdir: store.VersionDir, expected: dict[str, Any]) -> tuple[int, dict]:
-    """Load the checkpoint if there is one; refuse it if it was written under another config."""
-    ckpt = vdir.path / "checkpoint"
+def resume_step(trainer: Trainer) -> tuple[int, dict]:
+    """Load the checkpoint if there is one; refuse it if it was written under another config or process
+    count."""
+    ckpt = trainer.vdir.path / "checkpoint"
     state_file = ckpt / "trainer_state.json"
     if not state_file.exists():
         return 0, {}
-    state = json.loads(state_file.read_text())
-    changed = [k for k in expected if state.get(k) != expected[k]]
+    try:
+        state = json.loads(state_file.read_text())
+    except ValueError as e:
+        raise GftError(f"cannot resume: {state_file} does not parse ({e}); delete {ckpt} to start over") from None
+    changed = [k for k in trainer.expected if state.get(k) != trainer.expected[k]]
     if changed:
         raise GftError(f"checkpoint {ckpt} was written with a different {', '.join(changed)}; refusing to resume "
                        f"(delete the checkpoint folder to start over, or restore the settings)")
-    accelerator.load_state(str(ckpt))
+    checkpoint.load(ckpt, trainer.rank, trainer.net, trainer.optimizer, trainer.scheduler)
     return int(state["step"]), state
 
 
+def metric_lines(path: Path) -> list[dict]:
+    """The complete lines of ``metrics.jsonl`` (a kill during an append leaves a partial last line:
+    dropped)."""
+    if not path.exists():
+        return []
+    lines = []
+    for ln in path.read_text().splitlines():
+        try:
+            lines.append(json.loads(ln))
+        except ValueError:
+            continue
+    return lines
+
+
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines logged after the checkpoint being resumed from."""
+    """Drop metric lines logged after the checkpoint being resumed from, and a partial last line."""
     if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        path.write_text("".join(ln + "\n" for ln in lines))
+        lines = [m for m in metric_lines(path) if m.get("step", step + 1) <= step]
+        store.atomic_write_bytes(path, "".join(json.dumps(m) + "\n" for m in lines).encode())
 
 
 # ---------------------------------------------------------------- the stage: setup, one step, checkpoint, finish
@@ -443,10 +465,9 @@ class Trainer:
                                       weight_decay=config.weight_decay)
         updates = total_steps * config.ppo_epochs
         self.scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * updates), updates)
-        self.policy, self.optimizer = accelerator.prepare(policy, optimizer)
-        accelerator.register_for_checkpointing(self.scheduler)  # stepped by hand: once per optimizer step
+        self.policy, self.optimizer = accelerator.prepare(policy, optimizer)  # the scheduler is stepped by hand
         self.expected = {"config": cfg.versioned_dict(config), "world_size": self.world}
-        self.start, state = resume_step(accelerator, vdir, self.expected)
+        self.start, state = resume_step(self)
         self.skipped = int(state.get("skipped", 0))
         self.metrics_path = vdir.path / "metrics.jsonl"
         if self.main:
@@ -515,7 +536,7 @@ class Trainer:
         """After step ``step`` (0-based): a resumable checkpoint every ``save_every`` steps (not after the last)."""
         done = step + 1
         if self.config.save_every and done % self.config.save_every == 0 and done < self.total_steps:
-            save_checkpoint(self.accelerator, self.vdir, done, {**self.expected, "skipped": self.skipped})
+            save_checkpoint(self, done)
 
     def progress(self) -> Progress:
         return Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
@@ -539,12 +560,23 @@ class Trainer:
                    "final_loss": last_metric(self.metrics_path, "loss"),
                    "train_seconds_this_run": time.perf_counter() - self.started, "method": self.config.method,
                    **summary}
-        manifest = store.finalize(self.vdir, 0, {"summary": summary}) if self.main else {"summary": summary}
+        model_files = sorted(p for p in (self.vdir.path / "model").rglob("*") if p.is_file())
+        manifest = store.finalize(self.vdir, 0, {"summary": summary}, model_files) if self.main else \
+            {"summary": summary}
         if self.main:
             shutil.rmtree(self.vdir.path / "checkpoint", ignore_errors=True)
             done_line(self.console, summary_line(manifest))
         acc.wait_for_everyone()
         return manifest
+
+
+@contextmanager
+def writing_version(accelerator: Any, vdir: store.VersionDir, console: Console) -> Iterator[None]:
+    """The main process holds the version's writer lock (and removes damaged outputs) while every process
+    trains."""
+    with writing(vdir, console) if accelerator.is_main_process else nullcontext():
+        accelerator.wait_for_everyone()
+        yield
 
 
 def run(config: TrainConfig, run_dir: Path, console: Console | None = None) -> dict:
@@ -561,23 +593,24 @@ def run(config: TrainConfig, run_dir: Path, console: Console | None = None) -> d
     steps = plan_steps(config, examples, world)
     inputs = {"build-groups": bg.version, "model": {"ref": model.ref, "fingerprint": model.fingerprint}}
     vdir = open_stage(run_dir, "train", config, inputs, console)
-    if vdir.is_complete():
+    if vdir.is_complete(hashes=True):
         return already_done(vdir, console, summary_line)
-    trainer = Trainer(config, accelerator, vdir, model, tokenizer, len(steps), console)
-    if dropped or trainer.start:
-        console.print(f"  {dict(dropped) or 'no'} sequences dropped" + (f"; resuming at step {trainer.start}"
-                                                                          if trainer.start else ""))
-    with trainer.progress() as bar:
-        task = bar.add_task("train", total=len(steps), completed=trainer.start, info="")
-        for step in range(trainer.start, len(steps)):
-            t0 = time.perf_counter()
-            batch = [examples[i] for i in steps[step]]
-            mine = batch[rank::world]
-            sums = trainer.update(step, trainer.micro_batches(mine), trainer.global_tokens(mine), len(batch))
-            m = trainer.log(step, sums, time.perf_counter() - t0)
-            bar.update(task, advance=1, info=f"loss {m['loss']:.4f} {m['tokens_per_s']:.0f} tok/s")
-            trainer.checkpoint(step)
-    return trainer.finish({"sequences": len(examples), "dropped": dict(dropped), "data": config.dataset})
+    with writing_version(accelerator, vdir, console):
+        trainer = Trainer(config, accelerator, vdir, model, tokenizer, len(steps), console)
+        if dropped or trainer.start:
+            console.print(f"  {dict(dropped) or 'no'} sequences dropped" + (f"; resuming at step {trainer.start}"
+                                                                              if trainer.start else ""))
+        with trainer.progress() as bar:
+            task = bar.add_task("train", total=len(steps), completed=trainer.start, info="")
+            for step in range(trainer.start, len(steps)):
+                t0 = time.perf_counter()
+                batch = [examples[i] for i in steps[step]]
+                mine = batch[rank::world]
+                sums = trainer.update(step, trainer.micro_batches(mine), trainer.global_tokens(mine), len(batch))
+                m = trainer.log(step, sums, time.perf_counter() - t0)
+                bar.update(task, advance=1, info=f"loss {m['loss']:.4f} {m['tokens_per_s']:.0f} tok/s")
+                trainer.checkpoint(step)
+        return trainer.finish({"sequences": len(examples), "dropped": dict(dropped), "data": config.dataset})
 
 
 def save_model(net: torch.nn.Module, tokenizer: Any, final: Path) -> None:
@@ -590,10 +623,8 @@ def save_model(net: torch.nn.Module, tokenizer: Any, final: Path) -> None:
 
 
 def last_metric(path: Path, key: str) -> float | None:
-    if not path.exists():
-        return None
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    return json.loads(lines[-1]).get(key) if lines else None
+    lines = metric_lines(path)
+    return lines[-1].get(key) if lines else None
 
 
 def summary_line(manifest: dict) -> str:

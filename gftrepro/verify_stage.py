@@ -34,7 +34,7 @@ from gftrepro import schema, store
 from gftrepro.config import opt
 from gftrepro.errors import GftError
 from gftrepro.pool import TIMED_OUT, DeadlinePool
-from gftrepro.stage import already_done, done_line, open_stage
+from gftrepro.stage import already_done, done_line, open_stage, writing
 from gftrepro.verify import FALLBACKS, STATUSES, Verdict, extract_answer, gold_answer, judge
 
 SAMPLED = ("teacher", "self")
@@ -77,7 +77,7 @@ def input_versions(config: VerifyConfig, run_dir: Path) -> dict[str, store.Versi
             chosen[source] = store.chosen_version(run_dir, stage, wanted)
     if not chosen:  # expert solutions only: any complete sampling stage holds the problems
         for source in SAMPLED:
-            if any(v.is_complete() for v in store.versions(run_dir, f"sample-{source}")):
+            if any(v.manifest_path.exists() for v in store.versions(run_dir, f"sample-{source}")):
                 chosen[source] = store.latest_complete(run_dir, f"sample-{source}")
                 break
     if not chosen:
@@ -125,7 +125,7 @@ def plan_units(config: VerifyConfig, versions: dict[str, store.VersionDir]) -> l
         units.append(Unit("expert", next(iter(versions.values())).path / "problems.parquet"))
     for source in SAMPLED:
         if source in config.sources and source in versions:
-            units.extend(Unit(source, p) for p in sorted(versions[source].path.glob("shard-*.parquet")))
+            units.extend(Unit(source, p) for p in versions[source].shard_paths())
     return units
 
 
@@ -204,9 +204,14 @@ def run(config: VerifyConfig, run_dir: Path, console: Console | None = None) -> 
     versions = input_versions(config, run_dir)
     inputs = {f"sample-{s}": v.version for s, v in versions.items()}
     vdir = open_stage(run_dir, "verify", config, inputs, console)
-    if vdir.is_complete():
+    if vdir.is_complete(hashes=True):
         return already_done(vdir, console, summary_line)
-    vdir.clear_stale_temporaries()
+    with writing(vdir, console):
+        return write_version(config, versions, vdir, console)
+
+
+def write_version(config: VerifyConfig, versions: dict[str, store.VersionDir], vdir: store.VersionDir,
+                  console: Console) -> dict:
     gold, problems = gold_map(versions)
     units = plan_units(config, versions)
     todo = [k for k in range(len(units)) if k not in vdir.done_shards()]

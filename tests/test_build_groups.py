@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from conftest import gft
+from conftest import gft, restamp
 
 from gftrepro import config as cfg
 from gftrepro import store
@@ -110,14 +110,14 @@ def fake_run(run: Path, rewards: list[tuple], finish: str = "stop") -> None:
             "prompt_id": [r[0] for r in rows], "sample_idx": pa.array([r[2] for r in rows], pa.int32()),
             "completion": [f"answer {r[3]}" for r in rows], "finish_reason": [finish] * len(rows),
             "logprobs": pa.array([[-0.5, -0.25]] * len(rows), pa.list_(pa.float32()))}))
-        store.finalize(v, 1, {})
+        store.finalize(v, 1, {"summary": {}})
         inputs[f"sample-{source}"] = v.version
     v = store.open_version(run, "verify", {}, inputs, {})
     store.write_table(v.shard_path(0, 1), pa.table({
         "prompt_id": [r[0] for r in rewards], "sample_idx": pa.array([r[2] for r in rewards], pa.int32()),
         "source": [r[1] for r in rewards], "reward": pa.array([r[3] for r in rewards], pa.float32()),
         "status": [r[4] for r in rewards], "extracted": ["x"] * len(rewards), "gold": ["2"] * len(rewards)}))
-    store.finalize(v, 1, {})
+    store.finalize(v, 1, {"summary": {}})
 
 
 def group_rows(p1_self=(1.0, 0.0, 0.0, 0.0), p1_status="correct"):
@@ -184,6 +184,7 @@ def test_rewards_without_a_completion_are_refused(tmp_path, student_path):
     (v,) = (tmp_path / "sample-self").iterdir()
     df = pd.read_parquet(v / "shard-00000-of-00001.parquet")
     df.iloc[1:].to_parquet(v / "shard-00000-of-00001.parquet")
+    restamp(v)
     with pytest.raises(GftError, match="matches no completion"):
         run(BuildGroupsConfig(), tmp_path)
 

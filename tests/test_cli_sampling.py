@@ -96,6 +96,10 @@ def test_unknown_config_key_and_unwritable_output(tmp_path):
     (tmp_path / "file").write_text("x")
     proc = gft("sample-self", "--run", str(tmp_path / "file" / "run"))
     assert proc.returncode == 2 and "is not writable" in proc.stderr
+    proc = gft("sample-self", "--run", str(tmp_path / "file"))  # --run naming a file: said so, not "File exists"
+    assert proc.returncode == 2 and "file" in proc.stderr and "is a file, not a folder" in proc.stderr
+    proc = gft("status", "--run", str(tmp_path / "file"))
+    assert proc.returncode == 2 and "is a file, not a run folder" in proc.stderr
 
 
 def test_debug_flag_shows_the_traceback(tmp_path):

@@ -90,7 +90,7 @@ def test_cli_eval_then_larger_k_reuses_the_samples(tmp_path):
 @pytest.mark.parametrize(("extra", "message"), [
     (["--benchmarks", "nope"], "unknown benchmark 'nope'"),
     (["--pass-k", "8", "--n", "4"], "k = 8 > n = 4"),
-    (["--n", "0", "--pass-k", "0"], "n must be at least 1"),
+    (["--n", "0", "--pass-k", "0"], "--pass-k must be at least 1 (got 0)"),
     (["--model", "./missing/model"], "model path does not exist"),
 ])
 def test_cli_bad_input(tmp_path, extra, message):

@@ -48,3 +48,17 @@ def test_plan_runs_without_models_and_judges_memory(tmp_path, folder, fits):
               check=True).stdout
     assert "sample-teacher" in out and "GPU-hours" in out and "to run" in out
     assert ("fits one 80 GB GPU" in out) == fits and ("FSDP" in out) != fits
+
+
+def test_plan_counts_rounds(tmp_path):
+    recipe = (REPO / "stages" / "paper" / "qwen2.5-math-1.5b" / "gft.yaml").read_text()
+    (tmp_path / "r3.yaml").write_text(recipe.replace("seeds: 1\n", "seeds: 1\nrounds: 3\n"))
+    one = gft("plan", "--config", str(REPO / "stages" / "paper" / "qwen2.5-math-1.5b" / "gft.yaml"), "--run",
+              str(tmp_path), check=True).stdout
+    three = gft("plan", "--config", str(tmp_path / "r3.yaml"), "--run", str(tmp_path), check=True).stdout
+    assert "rounds 2-3" not in one and "train gft rounds 2-3" in three and "2 x (re-sample" in three
+
+    def total(out: str) -> float:
+        return float(out.split("total: about ")[1].split(" GPU-hours")[0].replace(",", ""))
+
+    assert total(three) > total(one)

@@ -1,6 +1,8 @@
 """gft train on the embedded default: every method, invariants of the loop, resume, two processes."""
 
 import json
+import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -8,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, gft, kill_midway, prepared_run, weights
+from conftest import REPO, gft, kill_midway, prepared_run, restamp, weights
 
+from gftrepro import store
 from gftrepro.train import TrainConfig, backward_step, collate, tokenize
 
 SMALL = ["--limit", "16", "--shard-size", "8", "--max-new-tokens", "24"]
@@ -99,8 +102,17 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted(grouped_run, tmp_
     kill_midway([*args, "--run", str(killed)], killed, "train/*/checkpoint/trainer_state.json")
     (v,) = (killed / "train").iterdir()
     assert (v / "checkpoint").exists() and not (v / "manifest.json").exists()
+    assert {p.suffix for p in (v / "checkpoint").iterdir()} == {".json", ".safetensors"}  # nothing pickled
+    row = next(r for r in store.status_rows(killed) if r["stage"] == "train")
+    assert row["state"] == "partial" and row["shards"].startswith("step ") and row["shards"].endswith("/8")
+    marker = tmp_path / "pickle-ran"
+    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin", "scheduler.bin"):
+        (v / "checkpoint" / name).write_bytes(pickle.dumps(Planted(str(marker))))  # what a copied folder may hold
+    with open(v / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "lo')  # what a kill during the append leaves
     resumed = gft(*args, "--run", str(killed), check=True)
     assert "resuming at step" in resumed.stdout
+    assert not marker.exists()
     gft(*args, "--run", str(fresh), check=True)
     (v_fresh,) = (fresh / "train").iterdir()
     a, b = weights(v / "model"), weights(v_fresh / "model")
@@ -108,6 +120,16 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted(grouped_run, tmp_
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     steps = [json.loads(line)["step"] for line in (v / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))
+
+
+class Planted:
+    """Unpickling this runs a command: resume must never do it."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
 
 
 def test_resuming_with_a_changed_setting_is_refused(grouped_run, tmp_path):
@@ -161,6 +183,7 @@ def test_nan_advantages_are_refused(grouped_run, tmp_path):
     df = pd.read_parquet(shard)
     df.loc[0, "advantage"] = float("nan")
     df.to_parquet(shard)
+    restamp(v)
     proc = gft("train", "--run", str(run), "--max-steps", "1")
     assert proc.returncode == 2 and "is not finite" in proc.stderr
     assert not list(run.glob("train/*/manifest.json"))

@@ -49,7 +49,7 @@ def fake_sampling_run(run: Path, completions: pa.Table | None = None, problems: 
         completions = pa.table({"prompt_id": ["p1", "p1", "p2", "p2"], "sample_idx": [0, 1, 0, 1],
                                 "completion": ["\\boxed{2}", "", "The answer is 4", "x" * 100_000]})
     store.write_table(v.shard_path(0, 1), completions)
-    store.finalize(v, 1, {})
+    store.finalize(v, 1, {"summary": {}})
     return v.path
 
 
