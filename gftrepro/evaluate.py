@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import Counter
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,15 +54,16 @@ from gftrepro.models import format_prompt, load_tokenizer, resolve_model, stop_t
 from gftrepro.pool import DeadlinePool
 from gftrepro.sample import sample_seed
 from gftrepro.stage import done_line, open_stage, verbose, writing
-from gftrepro.verify import judge, normalise
-from gftrepro.verify_stage import Scorer, VerifyConfig
+from gftrepro.verify import found_by, judge, normalise
+from gftrepro.verify_stage import Scorer, VerifyConfig, found_line
 
 MC_PROMPT = ("Please reason step by step, and put the letter of the correct option (A, B, C, ...) "
              "within \\boxed{}.")
 SHARD_RE = re.compile(r"^shard-p(\d{5})-s(\d{5})-(\d{5})\.parquet$")
 SAMPLES = pa.schema([("prompt_id", pa.string()), ("sample_idx", pa.int32()), ("completion", pa.string()),
                      ("completion_tokens", pa.int32()), ("finish_reason", pa.string()), ("correct", pa.bool_()),
-                     ("status", pa.string()), ("extracted", pa.string()), ("gold", pa.string())])
+                     ("status", pa.string()), ("extracted", pa.string()), ("found_by", pa.string()),
+                     ("gold", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,8 @@ def sample_block(backend, scorer: Scorer, problems: list[dict], prompts: list[li
             requests.append(Request(prompts[i], sample_seed(config.seed, problems[i]["prompt_id"], j)))
             keys.append((i, j))
     samples = backend.generate(requests, params, progress)
-    verdicts = scorer.score_all([s.text for s in samples], [problems[i]["gold"] for i, _ in keys])
+    verdicts = scorer.score_all([s.text for s in samples], [problems[i]["gold"] for i, _ in keys],
+                                [s.finish_reason == "stop" for s in samples])
     cols = {
         "prompt_id": [problems[i]["prompt_id"] for i, _ in keys], "sample_idx": [j for _, j in keys],
         "completion": [s.text for s in samples], "completion_tokens": [len(s.token_ids) for s in samples],
@@ -141,25 +144,33 @@ def sample_block(backend, scorer: Scorer, problems: list[dict], prompts: list[li
         "correct": [v.correct and s.finish_reason == "stop" for v, s in zip(verdicts, samples, strict=True)],
         "status": [v.status if s.finish_reason == "stop" else "truncated" for v, s in zip(verdicts, samples,
                                                                                              strict=True)],
-        "extracted": [v.extracted for v in verdicts], "gold": [problems[i]["gold"] for i, _ in keys],
+        "extracted": [v.extracted for v in verdicts],
+        "found_by": [found_by(s.text, scorer.fallbacks(s.finish_reason == "stop")) for s in samples],
+        "gold": [problems[i]["gold"] for i, _ in keys],
     }
     return pa.Table.from_pydict(cols, schema=SAMPLES)
 
 
-def collect(folder: Path, problems: list[dict], n: int) -> tuple[np.ndarray, list[list[str | None]], int]:
-    """[problems, n] correctness, extracted answers, and how many samples hit the token cap."""
+def collect(folder: Path, problems: list[dict], n: int) -> tuple[np.ndarray, list[list[str | None]], int,
+                                                                 dict[str, int]]:
+    """[problems, n] correctness, extracted answers, how many samples hit the token cap, and how the
+    answers of the others were found (boxed / a fall-back / none)."""
     index = {p["prompt_id"]: i for i, p in enumerate(problems)}
     correct = np.zeros((len(problems), n), dtype=bool)
     answers: list[list[str | None]] = [[None] * n for _ in problems]
-    capped = 0
+    capped, found = 0, Counter()
     for path in sorted(folder.glob("shard-p*.parquet")):
-        t = pq.read_table(path, columns=["prompt_id", "sample_idx", "correct", "extracted", "finish_reason"])
-        for pid, j, ok, ans, fin in zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True):
+        names = ["prompt_id", "sample_idx", "correct", "extracted", "finish_reason"]
+        t = pq.read_table(path, columns=names + [c for c in ("found_by",) if c in pq.read_schema(path).names])
+        hows = t.column("found_by").to_pylist() if "found_by" in t.column_names else [None] * t.num_rows
+        for pid, j, ok, ans, fin, how in zip(*(t.column(c).to_pylist() for c in names), hows, strict=True):
             if pid in index and j < n:
                 correct[index[pid], j] = ok
                 answers[index[pid]][j] = normalise(ans) if ans is not None and fin == "stop" else None
                 capped += fin == "length"
-    return correct, answers, capped
+                if fin == "stop" and how is not None:
+                    found[how] += 1
+    return correct, answers, capped, dict(found)
 
 
 def run(config: EvalConfig, run_dir: Path, console: Console | None = None, show_table: bool = True) -> dict:
@@ -224,13 +235,13 @@ def draw(config: EvalConfig, model, benches: list[Benchmark], loaded: dict, jobs
 def report(config: EvalConfig, vdir: store.VersionDir, benches: list[Benchmark], loaded: dict, n: int,
            seconds: float, console: Console, show_table: bool = True) -> dict:
     ks = ks_up_to(n, [config.pass_k])
-    per_bench, capped = {}, {}
+    per_bench, capped, found = {}, {}, {}
     for bench in benches:
-        correct, answers, capped[bench.name] = collect(bench_folder(vdir, bench, config.limit), loaded[bench.name][0],
-                                                       n)
+        correct, answers, capped[bench.name], found[bench.name] = collect(bench_folder(vdir, bench, config.limit),
+                                                                          loaded[bench.name][0], n)
         per_bench[bench.name] = benchmark_metrics(correct, answers, ks)
     metrics = {"n": n, "ks": ks, "benchmarks": per_bench, "average": macro_average(per_bench),
-               "capped_samples": capped, "model": config.model, "temperature": config.temperature}
+               "capped_samples": capped, "found_by": found, "model": config.model, "temperature": config.temperature}
     path = vdir.path / f"metrics-n{n}.json"
     if vdir.is_complete() and path.exists() and json.loads(path.read_text()) == json.loads(json.dumps(metrics)):
         manifest = vdir.read_manifest()
@@ -250,7 +261,8 @@ def summary_line(metrics: dict) -> str:
     n, capped = metrics["n"], sum(metrics["capped_samples"].values())
     parts = [f"{name} {100 * m['pass@1']:.1f} / {100 * m[f'pass@{n}']:.1f}"
              for name, m in metrics["benchmarks"].items()]
-    return ", ".join(parts) + f" (pass@1 / pass@{n})" + (f"; {capped} at the token cap" if capped else "")
+    return (", ".join(parts) + f" (pass@1 / pass@{n})" + (f"; {capped} at the token cap" if capped else "")
+            + found_line({"all": dict(sum((Counter(c) for c in metrics.get("found_by", {}).values()), Counter()))}))
 
 
 def write_reports(vdir: store.VersionDir, metrics: dict, model: str, seconds: float, files: list[Path]) -> dict:

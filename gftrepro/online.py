@@ -287,7 +287,8 @@ def one_step(trainer: Trainer, sampler: Any, scorer: Scorer, params: SamplingPar
     requests = [Request(p.ids, rollout_seed(config.seed, step, p.pid, j)) for p in mine for j in range(k)]
     samples = sampler.generate(requests, params, lambda *_: None)
     t1 = time.perf_counter()
-    verdicts = scorer.score_all([s.text for s in samples], [p.gold for p in mine for _ in range(k)])
+    verdicts = scorer.score_all([s.text for s in samples], [p.gold for p in mine for _ in range(k)],
+                                [s.finish_reason == "stop" for s in samples])
     t2 = time.perf_counter()
     counts: Counter = Counter()
     examples, rows = [], []

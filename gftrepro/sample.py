@@ -110,7 +110,7 @@ def summary_line(manifest: dict) -> str:
     s = manifest["summary"]
     gen = max(s["generation_seconds"], 1e-9)
     return (f"{s['samples']} samples, {s['tokens']:,} tokens, {s['truncated_share']:.1%} at the cap; "
-            f"{s['generation_seconds']:.0f} s ({s['samples'] / gen:.0f} samples/s)")
+            f"{s['generation_seconds']:.0f} s ({s['samples'] / gen:.3g} samples/s, {s['tokens'] / gen:,.0f} tok/s)")
 
 
 def summarize(vdir: store.VersionDir, num_prompts: int) -> dict:

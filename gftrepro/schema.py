@@ -61,6 +61,7 @@ REWARDS = pa.schema([
     ("reward", pa.float32()),
     ("status", pa.string()),
     ("extracted", pa.string()),
+    ("found_by", pa.string()),  # boxed / answer_is / last_number / none
     ("gold", pa.string()),
 ])
 

@@ -78,35 +78,63 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+SENTENCE_END = re.compile(r"\.\s")  # "3.5" and "1,000" stay whole
+CLAUSE = re.compile(r",\s+(?=[A-Za-z]{2,})")  # ", and we ..." ends the answer; "(1, 2)" does not
+
+
+def answer_phrase(text: str) -> str:
+    """What follows "the answer is": up to the end of its sentence or clause; of ``expr = value`` (one
+    equals sign), the value. Seen on a real model: "The answer is 12 + 5*4 = 14, and we need to" -> 14."""
+    phrase = CLAUSE.split(SENTENCE_END.split(text)[0])[0]
+    if phrase.count("=") == 1:
+        phrase = phrase.split("=")[1]
+    return clean_tail(phrase)
+
+
 def clean_tail(answer: str) -> str:
     answer = answer.strip().strip("$").strip()
     return answer.rstrip(".").strip()
 
 
 def extract_answer(text: str, fallbacks: tuple[str, ...] | list[str] = FALLBACKS) -> str | None:
+    return extract_with(text, fallbacks)[0]
+
+
+def found_by(text: object, fallbacks: tuple[str, ...] | list[str] = FALLBACKS) -> str:
+    """How the answer of ``text`` was found: ``boxed``, a fall-back's name, or ``none``."""
+    return extract_with(text, fallbacks)[1] if isinstance(text, str) else "none"
+
+
+def extract_with(text: str, fallbacks: tuple[str, ...] | list[str]) -> tuple[str | None, str]:
+    """(the extracted answer, how it was found: ``boxed`` / ``answer_is`` / ``last_number`` / ``none``)."""
     boxed = last_boxed(text)
     if boxed is not None:
-        return boxed or None
+        return (boxed or None), "boxed" if boxed else "none"
     for name in fallbacks:
         if name == "answer_is":
             matches = ANSWER_IS.findall(text)
             if matches:
-                found = clean_tail(matches[-1])
+                found = answer_phrase(matches[-1])
                 if found:
-                    return found
+                    return found, name
         elif name == "last_number":
             numbers = NUMBER.findall(text)
             if numbers:
-                return numbers[-1].rstrip(",")
+                return numbers[-1].rstrip(","), name
         else:
             raise ValueError(f"unknown fallback '{name}' (known: {', '.join(FALLBACKS)})")
-    return None
+    return None, "none"
 
 
 def gold_answer(gold: str) -> str:
-    """A bare gold answer, or the last ``\\boxed{}`` of a gold solution."""
+    """A bare gold answer, the last ``\\boxed{}`` of a gold solution, or what follows ``####`` in a
+    GSM8K-style solution (thousands separators dropped)."""
     boxed = last_boxed(gold)
-    return boxed if boxed is not None else clean_tail(gold)
+    if boxed is not None:
+        return boxed
+    if "####" in gold:
+        return clean_tail(gold.rsplit("####", 1)[1]).replace(",", "")
+    return clean_tail(gold)
 
 
 NORMALISE = [(re.compile(p), r) for p, r in [

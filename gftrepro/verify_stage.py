@@ -35,7 +35,7 @@ from gftrepro.config import opt
 from gftrepro.errors import GftError
 from gftrepro.pool import TIMED_OUT, DeadlinePool
 from gftrepro.stage import already_done, done_line, open_stage, writing
-from gftrepro.verify import FALLBACKS, STATUSES, Verdict, extract_answer, gold_answer, judge
+from gftrepro.verify import FALLBACKS, STATUSES, Verdict, extract_answer, found_by, gold_answer, judge
 
 SAMPLED = ("teacher", "self")
 
@@ -129,8 +129,9 @@ def plan_units(config: VerifyConfig, versions: dict[str, store.VersionDir]) -> l
     return units
 
 
-def unit_rows(unit: Unit, problems: pa.Table) -> tuple[list[str], list[int], list[object]]:
-    """prompt_ids, sample_idx and texts to score for one unit."""
+def unit_rows(unit: Unit, problems: pa.Table) -> tuple[list[str], list[int], list[object], list[bool]]:
+    """prompt_ids, sample_idx, texts to score for one unit, and whether each text ended by itself (an
+    expert solution always did)."""
     if unit.source == "expert":
         pids = problems.column("prompt_id").to_pylist()
         solutions = problems.column("solution").to_pylist()
@@ -139,9 +140,11 @@ def unit_rows(unit: Unit, problems: pa.Table) -> tuple[list[str], list[int], lis
             if pid not in seen and isinstance(solutions[i], str):
                 seen.add(pid)
                 keep.append(i)
-        return [pids[i] for i in keep], [0] * len(keep), [solutions[i] for i in keep]
-    t = read_columns(unit.path, ["prompt_id", "sample_idx", "completion"])
-    return t.column("prompt_id").to_pylist(), t.column("sample_idx").to_pylist(), t.column("completion").to_pylist()
+        return [pids[i] for i in keep], [0] * len(keep), [solutions[i] for i in keep], [True] * len(keep)
+    t = read_columns(unit.path, ["prompt_id", "sample_idx", "completion", "finish_reason"])
+    stopped = [f != "length" for f in t.column("finish_reason").to_pylist()]
+    return (t.column("prompt_id").to_pylist(), t.column("sample_idx").to_pylist(), t.column("completion").to_pylist(),
+            stopped)
 
 
 class Scorer:
@@ -152,14 +155,20 @@ class Scorer:
         self.cache: dict[tuple[str, str], Verdict] = {}
         self.judged = 0
 
-    def score_all(self, texts: list[object], golds: list[str | None]) -> list[Verdict]:
+    def fallbacks(self, stopped: bool) -> tuple[str, ...]:
+        """A text cut at the token cap is scored only by an explicit \\boxed{} answer: the last number of a
+        text cut mid-sentence is not an answer."""
+        return tuple(self.config.fallbacks) if stopped else ()
+
+    def score_all(self, texts: list[object], golds: list[str | None], stopped: list[bool] | None = None
+                  ) -> list[Verdict]:
         verdicts: list[Verdict | None] = [None] * len(texts)
         todo: dict[tuple[str, str], list[int]] = {}
         for i, (text, gold) in enumerate(zip(texts, golds, strict=True)):
             if not isinstance(text, str) or gold is None:
                 verdicts[i] = Verdict(False, "error", None)
                 continue
-            pred = extract_answer(text, self.config.fallbacks)
+            pred = extract_answer(text, self.fallbacks(stopped is None or stopped[i]))
             if pred is None:
                 verdicts[i] = Verdict(False, "no_answer", None)
             elif (pred, gold) in self.cache:
@@ -180,12 +189,14 @@ class Scorer:
 
 def summarize(vdir: store.VersionDir, seconds: float) -> dict:
     counts: dict[str, dict[str, int]] = {}
-    for path in sorted(vdir.path.glob("shard-*.parquet")):
-        t = pq.read_table(path, columns=["source", "status"])
-        for source, status in zip(t.column("source").to_pylist(), t.column("status").to_pylist(), strict=True):
+    found: dict[str, dict[str, int]] = {}
+    for path in sorted(vdir.path.glob("shard-*.parquet")):  # finalize checks every shard is there
+        t = pq.read_table(path, columns=["source", "status", "found_by"])
+        for source, status, how in zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True):
             row = counts.setdefault(source, dict.fromkeys(STATUSES, 0))
             row[status] += 1
-    return {"by_source": counts, "verify_seconds": seconds}
+            found.setdefault(source, {})[how] = found.get(source, {}).get(how, 0) + 1
+    return {"by_source": counts, "found_by": found, "verify_seconds": seconds}
 
 
 def summary_line(manifest: dict) -> str:
@@ -196,7 +207,20 @@ def summary_line(manifest: dict) -> str:
              if (c := s["by_source"].get(source))]
     odd = {k: sum(c[k] for c in s["by_source"].values()) for k in ("no_answer", "timeout", "error")}
     unclean = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in odd.items() if v) or "all answered"
-    return f"{total} scored; correct: {', '.join(parts)}; {unclean}"
+    return f"{total} scored; correct: {', '.join(parts)}; {unclean}" + found_line(s.get("found_by", {}), "expert")
+
+
+def found_line(found: dict[str, dict[str, int]], skip: str = "") -> str:
+    """'; answers: 3 boxed, 20 by fall-back, 9 none' over the model-written sources."""
+    total: dict[str, int] = {}
+    for source, counts in found.items():
+        if source != skip:
+            for how, n in counts.items():
+                total[how] = total.get(how, 0) + n
+    if not total:
+        return ""
+    fallback = sum(n for how, n in total.items() if how not in ("boxed", "none"))
+    return f"; answers: {total.get('boxed', 0)} boxed, {fallback} by fall-back, {total.get('none', 0)} none"
 
 
 def run(config: VerifyConfig, run_dir: Path, console: Console | None = None) -> dict:
@@ -226,14 +250,16 @@ def write_version(config: VerifyConfig, versions: dict[str, store.VersionDir], v
         task = bar.add_task("verify", total=len(todo), rate="")
         for k in todo:
             unit = units[k]
-            pids, idx, texts = unit_rows(unit, problems)
+            pids, idx, texts, stopped = unit_rows(unit, problems)
             golds = [gold.get(p) for p in pids]
             t0 = time.perf_counter()
-            verdicts = scorer.score_all(texts, golds)
+            verdicts = scorer.score_all(texts, golds, stopped)
             answered += len(verdicts)
             cols = {"prompt_id": pids, "sample_idx": idx, "source": [unit.source] * len(pids),
                     "reward": [1.0 if v.correct else 0.0 for v in verdicts], "status": [v.status for v in verdicts],
-                    "extracted": [v.extracted for v in verdicts], "gold": golds}
+                    "extracted": [v.extracted for v in verdicts],
+                    "found_by": [found_by(t, scorer.fallbacks(ok)) for t, ok in zip(texts, stopped, strict=True)],
+                    "gold": golds}
             store.write_table(vdir.shard_path(k, len(units)), schema.table(cols, schema.REWARDS),
                               {"verify_seconds": time.perf_counter() - t0, "input": str(unit.path)})
             rate = answered / max(time.perf_counter() - started, 1e-9)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gftrepro.verify import extract_answer, gold_answer, last_boxed, score
+from gftrepro.verify import extract_answer, found_by, gold_answer, last_boxed, score
 
 COT = "Let me work through this step by step.\nFirst we simplify the expression.\n"
 
@@ -35,12 +35,37 @@ def test_fallbacks_are_configurable():
     assert extract_answer(text + ". The answer is 3", fallbacks=["answer_is"]) == "3"
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    ("The answer is 12 + 5*4 = 14, and we need to express", "14"),  # SmolLM2-135M's words
+    ("The answer is twice each team sprint, which equals 2 rompe short sprint.  So you will",
+     "twice each team sprint"),
+    ("The answer is (1, 2).", "(1, 2)"),
+    ("The answer is 1,000.", "1,000"),
+    ("The answer is 3.5. Next we check.", "3.5"),
+    ("Final answer: x = 3, y = 4", "x = 3, y = 4"),
+])
+def test_answer_is_ends_with_its_sentence_or_clause(text, expected):
+    assert extract_answer(text, fallbacks=["answer_is"]) == expected
+
+
+def test_a_text_cut_at_the_token_cap_counts_only_a_boxed_answer():
+    from gftrepro.verify_stage import Scorer, VerifyConfig
+
+    scorer = Scorer(VerifyConfig(), pool=None)
+    cut, boxed = "It costs 1983 dollars to fix, and the", "so \\boxed{7} is it, and then"
+    assert scorer.fallbacks(stopped=False) == () and extract_answer(cut, scorer.fallbacks(False)) is None
+    assert extract_answer(boxed, scorer.fallbacks(False)) == "7"
+    assert found_by(cut, scorer.fallbacks(True)) == "last_number" and found_by(cut, ()) == "none"
+
+
 @pytest.mark.parametrize(("gold", "expected"), [
     ("42", "42"),
     ("\\frac{1}{2}", "\\frac{1}{2}"),
     ("We add them: $2+3=5$. So the answer is $\\boxed{5}$.", "5"),
     ("Nested: $\\boxed{\\dfrac{\\sqrt{3}}{2}}$", "\\dfrac{\\sqrt{3}}{2}"),
     ("$7$", "7"),
+    ("She makes 9 * 2 = $<<9*2=18>>18 every day.\n#### 18", "18"),  # GSM8K's worked solutions
+    ("In all 1,000 + 234 = <<1000+234=1234>>1,234.\n#### 1,234", "1234"),
 ])
 def test_gold_is_bare_or_the_last_box_of_a_solution(gold, expected):
     assert gold_answer(gold) == expected
