@@ -28,27 +28,28 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from gftrepro.errors import GftError
 
 
-def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    sd = optimizer.state_dict()
+def save_optimizer(sd: dict[str, Any], folder: Path) -> None:
+    """An optimizer state dict (keyed by parameter index, or by name under FSDP) as tensors + JSON."""
     tensors, scalars = {}, {}
-    for index, state in sd["state"].items():
+    for key, state in sd["state"].items():
         for name, value in state.items():
             if torch.is_tensor(value):
-                tensors[f"{index}.{name}"] = value.detach().contiguous().cpu()
+                tensors[f"{key}.{name}"] = value.detach().contiguous().cpu()
             else:
-                scalars[f"{index}.{name}"] = value
+                scalars[f"{key}.{name}"] = value
     save_file(tensors, str(folder / "optimizer.safetensors"))
     (folder / "optimizer.json").write_text(json.dumps({"param_groups": sd["param_groups"], "scalars": scalars}))
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+def load_optimizer(folder: Path) -> dict[str, Any]:
     meta = json.loads((folder / "optimizer.json").read_text())
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in [*load_file(str(folder / "optimizer.safetensors")).items(), *meta["scalars"].items()]:
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
+    state: dict[int | str, dict[str, Any]] = {}
+    tensors = {k: v.clone() for k, v in load_file(str(folder / "optimizer.safetensors")).items()}  # not mmapped
+    for key, value in [*tensors.items(), *meta["scalars"].items()]:
+        param, name = key.rsplit(".", 1)  # a parameter name has dots; a state entry (exp_avg) has none
+        state.setdefault(int(param) if param.isdigit() else param, {})[name] = value
     groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return {"state": state, "param_groups": groups}
 
 
 def save_rng(folder: Path, rank: int) -> None:
@@ -76,23 +77,38 @@ def load_rng(folder: Path, rank: int) -> None:
 
 
 def save(folder: Path, rank: int, main: bool, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         scheduler: Any) -> None:
+         scheduler: Any, sharded: torch.nn.Module | None = None) -> None:
     """This process's part of a checkpoint into ``folder`` (which exists): the main process writes the
-    weights, optimizer and scheduler (replicated under DDP), every process its generator states."""
-    if main:
+    weights, optimizer and scheduler (replicated under DDP; gathered whole from the shards of
+    ``sharded`` under FSDP, which every process must join), every process its generator states."""
+    if sharded is not None:
+        from gftrepro import fsdp
+
+        model_sd, optim_sd = fsdp.full_state(sharded, optimizer)
+        if main:
+            save_file({k: v.contiguous().clone() for k, v in model_sd.items()}, str(folder / "model.safetensors"))
+            save_optimizer(optim_sd, folder)
+    elif main:
         save_model(net, str(folder / "model.safetensors"))
-        save_optimizer(optimizer, folder)
+        save_optimizer(optimizer.state_dict(), folder)
+    if main:
         (folder / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
     save_rng(folder, rank)
 
 
-def load(folder: Path, rank: int, net: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+def load(folder: Path, rank: int, net: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+         sharded: torch.nn.Module | None = None) -> None:
     """Restore what ``save`` wrote; any unreadable part is one clear error naming the checkpoint."""
     try:
-        load_model(net, str(folder / "model.safetensors"))  # strict; tied tensors stored once are fine
-        load_optimizer(optimizer, folder)
+        if sharded is not None:
+            from gftrepro import fsdp
+
+            fsdp.load_full_state(sharded, optimizer, load_file(str(folder / "model.safetensors")),
+                                 load_optimizer(folder))
+        else:
+            load_model(net, str(folder / "model.safetensors"))  # strict; tied tensors stored once are fine
+            optimizer.load_state_dict(load_optimizer(folder))
         scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
         load_rng(folder, rank)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise GftError(f"cannot resume from {folder}: {type(e).__name__}: {e} (delete it to start over)") from None
-

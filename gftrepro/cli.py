@@ -221,7 +221,7 @@ def plan(
 
         run_cfg, stages = pipeline.run_config(config, {}), pipeline.stage_configs(config)
         a = planner.Assumptions(mean_new_tokens, mean_prompt_tokens, gen_tok_s, gpu_gb)
-        notes = [planner.memory_note(stages["sample-self"].model, a),
+        notes = [planner.memory_note(stages["sample-self"].model, a, stages["train"].fsdp),
                  f"assumptions: {mean_new_tokens:.0f} new tokens per sample, {mean_prompt_tokens:.0f} prompt "
                  f"tokens per training sequence, generation {gen_tok_s:,.0f} tok/s per GPU for 1.5B (scaled by "
                  f"1.5 / params), training {planner.TRAIN_TOK_S_1P5B:,} tok/s per H100 for 1.54B (measured, scaled "

@@ -258,7 +258,7 @@ def run(config: TrainConfig, run_dir: Path, console: Console | None = None) -> d
         with ExitStack() as stack:
             sampler = open_sampler(config, settings, model, tokenizer)
             stack.callback(sampler.close)
-            sampler.load_weights(trainer.net.state_dict().items())  # the resumed weights, if resuming
+            sampler.load_weights(trainer.full_weights().items())  # the resumed weights, if resuming
             pool = stack.enter_context(DeadlinePool(judge, vcfg.workers, vcfg.timeout,
                                                     preload=["math_verify", "gftrepro.verify"]))
             scorer = Scorer(vcfg, pool)
@@ -324,7 +324,7 @@ def one_step(trainer: Trainer, sampler: Any, scorer: Scorer, params: SamplingPar
         stats.append(trainer.update(step, micro, num_tokens, int(totals["sequences"])))
     sums = {key: float(np.mean([s[key] for s in stats])) for key in stats[0]}
     t3 = time.perf_counter()
-    sampler.load_weights(trainer.net.state_dict().items())
+    sampler.load_weights(trainer.full_weights().items())
     t4 = time.perf_counter()
     n = max(totals["self_samples"], 1.0)
     extra = {"reward/self": totals["self_correct"] / n, "self_tokens_mean": totals["self_tokens"] / n,

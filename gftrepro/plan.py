@@ -180,17 +180,25 @@ BENCH_SIZES = {"math500": 500, "minerva_math": 272, "olympiadbench": 675, "aime2
                "mawps": 2065, "svamp": 1000, "gsm8k": 1319, "testbed": 300, "testbed-probe": 300}
 
 
-def memory_note(model: str, a: Assumptions) -> str:
+def memory_note(model: str, a: Assumptions, fsdp: bool = False, gpus: int = 0) -> str:
+    """The training layout the config assumes and whether it fits: ``fsdp`` shards weights, gradients and
+    AdamW states over ``gpus`` (the recipe's count; 8 where unknown)."""
     p = params_of(model)
     if p is None:
         return f"training memory of {model}: parameter count unknown to gft plan"
     need = 16 * p  # GB for weights + grads + AdamW moments in mixed precision
+    gpus = gpus or {f.hub: f.gpus for f in MODELS}.get(model, 8)
+    if fsdp:
+        per = need / gpus
+        verdict = "fits" if per <= 0.8 * a.gpu_gb else "does NOT fit: use more GPUs"
+        return f"training {model} ({p:.2f}B): layout FSDP over {gpus} GPUs (fsdp: true): ~{per:.0f} GB of weights, " \
+               f"gradients and AdamW states per {a.gpu_gb:.0f} GB GPU (of ~{need:.0f} GB), plus activations: {verdict}"
     if need <= 0.8 * a.gpu_gb:
-        return f"training {model} ({p:.2f}B): ~{need:.0f} GB of weights, gradients and AdamW states: fits one " \
-               f"{a.gpu_gb:.0f} GB GPU (data parallel replicas)"
-    gpus = int(-(-need // (0.6 * a.gpu_gb)))
+        return f"training {model} ({p:.2f}B): layout data parallel over {gpus} GPUs: ~{need:.0f} GB of weights, " \
+               f"gradients and AdamW states on each: fits one {a.gpu_gb:.0f} GB GPU"
+    shards = int(-(-need // (0.6 * a.gpu_gb)))
     return f"training {model} ({p:.2f}B): ~{need:.0f} GB of weights, gradients and AdamW states does NOT fit one " \
-           f"{a.gpu_gb:.0f} GB GPU: shard them with FSDP over >= {gpus} GPUs (an accelerate FSDP config)"
+           f"{a.gpu_gb:.0f} GB GPU: shard them with FSDP over >= {shards} GPUs (train: fsdp: true, or gft train --fsdp)"
 
 
 def show(rows: list[dict], notes: list[str], console: Console) -> None:

@@ -29,6 +29,18 @@ class ModelFacts:
     stops: tuple[str, ...]
     gpus: int  # GPUs assumed for training
 
+    @property
+    def fsdp(self) -> bool:
+        """AdamW in mixed precision takes ~16 bytes per parameter: above 80% of one 80 GB GPU, shard it."""
+        return 16 * self.params_b > 0.8 * 80
+
+    def layout(self) -> str:
+        need = 16 * self.params_b
+        if self.fsdp:
+            return (f"FSDP over {self.gpus} GPUs (train: fsdp: true): ~{need / self.gpus:.0f} GB of weights, gradients "
+                    f"and AdamW states per GPU, of ~{need:.0f} GB in all")
+        return f"data parallel, ~{need:.0f} GB of weights, gradients and AdamW states on each GPU"
+
 
 TEACHER = "Qwen/Qwen2.5-Math-72B-Instruct"
 MODELS = [
@@ -82,7 +94,8 @@ def train_section(method: str, facts: ModelFacts) -> dict:
     single = method in ("sft", "sft-mix", "dft", "gft-no-gal")
     base = {"method": method, "agg": "token-mean", "adam_beta1": 0.9, "adam_beta2": 0.95, "weight_decay": 0.01,
             "warmup_ratio": 0.1, "grad_clip": 1.0, "epochs": 1, "truncation": "keep", "seed": 0, "dtype": "auto",
-            "gradient_checkpointing": True, "logprob_chunk": 512, "save_every": 20, "kl_every": 20}
+            "gradient_checkpointing": True, "fsdp": facts.fsdp, "logprob_chunk": 512, "save_every": 20,
+            "kl_every": 20}
     if single:
         return {**base, "lr": 5.0e-5, "batch_size": 256, "micro_batch_size": 4, "max_length": 2048, "tau": 0.7}
     return {**base, "lr": 1.0e-6, "batch_size": 1024, "micro_batch_size": 4,
@@ -154,9 +167,8 @@ def runs(facts: ModelFacts) -> dict[str, tuple[str, dict]]:
 def header(facts: ModelFacts, name: str, what: str, config: dict) -> str:
     path = f"stages/paper/{facts.folder}/{name}"
     return (f"# {facts.hub}: {what}.\n#\n#   gft plan --config {path}\n#   gft run --config {path}\n#\n"
-            f"# Assumes: {facts.gpus} x 80 GB GPUs for training (data parallel; FSDP via an accelerate config for "
-            f"{facts.params_b:.1f}B if AdamW states do not fit), 4 for the 72B teacher (vLLM tensor parallel), 1 per "
-            f"sampling/eval process.\n" + SOURCES_NOTE)
+            f"# Assumes: {facts.gpus} x 80 GB GPUs for training ({facts.layout()}), 4 for the 72B teacher (vLLM tensor "
+            f"parallel), 1 per sampling/eval process.\n" + SOURCES_NOTE)
 
 
 def write_all(out: Path) -> list[Path]:

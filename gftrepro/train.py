@@ -97,6 +97,8 @@ class TrainConfig:
     seed: int = opt(0, "seed of the data order and of torch")
     dtype: str = opt("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass", versioned=False)
+    fsdp: bool = opt(False, "shard parameters, gradients and optimizer states over the processes (FSDP2); with "
+                            "dtype bfloat16: bf16 compute, fp32 master shards", versioned=False)
     logprob_chunk: int = opt(512, "tokens per chunk of the LM-head log-softmax", versioned=False)
     save_every: int = opt(50, "write a resumable checkpoint every N steps (0 = only at the end)", versioned=False)
     kl_every: int = opt(0, "every N steps, KL(pi_theta || pi_ref) over the step's tokens (0 = off)", versioned=False)
@@ -339,7 +341,8 @@ def save_checkpoint(trainer: Trainer, step: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     acc.wait_for_everyone()
-    checkpoint.save(tmp, trainer.rank, trainer.main, trainer.net, trainer.optimizer, trainer.scheduler)
+    checkpoint.save(tmp, trainer.rank, trainer.main, trainer.net, trainer.optimizer, trainer.scheduler,
+                    trainer.sharded)
     acc.wait_for_everyone()
     if trainer.main:
         state = {**trainer.expected, "skipped": trainer.skipped, "step": step, "total_steps": trainer.total_steps}
@@ -367,7 +370,7 @@ def resume_step(trainer: Trainer) -> tuple[int, dict]:
     if changed:
         raise GftError(f"checkpoint {ckpt} was written with a different {', '.join(changed)}; refusing to resume "
                        f"(delete the checkpoint folder to start over, or restore the settings)")
-    checkpoint.load(ckpt, trainer.rank, trainer.net, trainer.optimizer, trainer.scheduler)
+    checkpoint.load(ckpt, trainer.rank, trainer.net, trainer.optimizer, trainer.scheduler, trainer.sharded)
     return int(state["step"]), state
 
 
@@ -438,9 +441,12 @@ def plan_steps(config: TrainConfig, examples: list[Example], world: int) -> list
 def make_accelerator(config: TrainConfig) -> Any:
     from accelerate import Accelerator
 
-    gpu = torch.cuda.is_available()
-    bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and gpu)
-    return Accelerator(cpu=not gpu, mixed_precision="bf16" if bf16 else "no")
+    autocast = bf16(config) and not config.fsdp  # FSDP casts the gathered parameters itself
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if autocast else "no")
+
+
+def bf16(config: TrainConfig) -> bool:
+    return config.dtype == "bfloat16" or (config.dtype == "auto" and torch.cuda.is_available())
 
 
 class Trainer:
@@ -461,12 +467,21 @@ class Trainer:
         if config.gradient_checkpointing:
             net.gradient_checkpointing_enable()
         policy = Policy(net, config.logprob_chunk)
+        self.sharded = None  # under FSDP: the root unit (the Policy)
+        if config.fsdp:
+            from gftrepro import fsdp
+
+            net.to(accelerator.device)
+            self.sharded = fsdp.shard(policy, accelerator.device.type, self.world, bf16(config))
         optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
                                       weight_decay=config.weight_decay)
         updates = total_steps * config.ppo_epochs
         self.scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * updates), updates)
-        self.policy, self.optimizer = accelerator.prepare(policy, optimizer)  # the scheduler is stepped by hand
-        self.expected = {"config": cfg.versioned_dict(config), "world_size": self.world}
+        if self.sharded is not None:
+            self.policy, self.optimizer = policy, optimizer
+        else:
+            self.policy, self.optimizer = accelerator.prepare(policy, optimizer)  # the scheduler is stepped by hand
+        self.expected = {"config": cfg.versioned_dict(config), "world_size": self.world, "fsdp": config.fsdp}
         self.start, state = resume_step(self)
         self.skipped = int(state.get("skipped", 0))
         self.metrics_path = vdir.path / "metrics.jsonl"
@@ -480,8 +495,16 @@ class Trainer:
 
     @property
     def net(self) -> torch.nn.Module:
-        """The underlying transformers model (full weights: DDP replicates them)."""
-        return self.accelerator.unwrap_model(self.policy).model
+        """The underlying transformers model (full weights under DDP; shards under FSDP)."""
+        return self.policy.model if self.sharded is not None else self.accelerator.unwrap_model(self.policy).model
+
+    def full_weights(self) -> dict[str, torch.Tensor]:
+        """The model's whole tensors by name, on every process (under FSDP a collective gather)."""
+        if self.sharded is not None:
+            from gftrepro import fsdp
+
+            return fsdp.full_model_state(self.sharded)
+        return dict(self.net.state_dict())
 
     def micro_batches(self, mine: list[Example]) -> list[dict]:
         size, device = self.config.micro_batch_size, self.accelerator.device
@@ -506,16 +529,23 @@ class Trainer:
         """One optimizer step over this process's micro-batches; returns the step's summed statistics."""
         config, acc = self.config, self.accelerator
         self.policy.train()
-        sums = backward_step(self.policy, micro, config, num_tokens, num_seqs, float(self.world), acc.no_sync)
+        from gftrepro import fsdp
+
+        sharded = self.sharded is not None
+        sums = backward_step(self.policy, micro, config, num_tokens, num_seqs, float(self.world),
+                             fsdp.no_sync if sharded else acc.no_sync)
         if config.kl_every and (step + 1) % config.kl_every == 0:
-            for b in micro:
-                kl, n = token_kl(self.net, self.ref, b["input_ids"], b["attention_mask"], b["response_mask"],
-                                 config.logprob_chunk)
-                sums["kl"] += kl
-                sums["kl_tokens"] += n
+            with fsdp.unsharded(self.sharded) if sharded else nullcontext():
+                for b in micro:
+                    kl, n = token_kl(self.net, self.ref, b["input_ids"], b["attention_mask"], b["response_mask"],
+                                     config.logprob_chunk)
+                    sums["kl"] += kl
+                    sums["kl_tokens"] += n
         packed = acc.reduce(torch.tensor([sums[k] for k in STAT_KEYS], device=acc.device, dtype=torch.float64), "sum")
         sums = dict(zip(STAT_KEYS, packed.tolist(), strict=True))
-        grad_norm = float(acc.clip_grad_norm_(self.policy.parameters(), config.grad_clip or float("inf")))
+        clip = config.grad_clip or float("inf")
+        grad_norm = fsdp.grad_norm(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), clip)) if sharded \
+            else float(acc.clip_grad_norm_(self.policy.parameters(), clip))
         if math.isfinite(sums["loss"]) and math.isfinite(grad_norm):
             self.optimizer.step()
         else:  # never apply a non-finite update; count it
@@ -551,10 +581,11 @@ class Trainer:
         if self.skipped >= self.total_steps * self.config.ppo_epochs and self.total_steps:
             raise GftError(f"every optimizer step was skipped (non-finite loss or gradient): nothing trained; "
                            f"see {self.metrics_path}")
+        state = self.full_weights() if self.sharded is not None else None  # gathered on every process
         if self.main:
-            if not all(torch.isfinite(p).all() for p in self.net.parameters()):
+            if not all(torch.isfinite(t).all() for t in (state or dict(self.net.state_dict())).values()):
                 raise GftError("the trained weights are not finite; not saving them (lower --lr?)")
-            save_model(self.net, self.tokenizer, self.vdir.path / "model")
+            save_model(self.net, self.tokenizer, self.vdir.path / "model", state)
         acc.wait_for_everyone()
         summary = {"steps": self.total_steps, "skipped_steps": self.skipped, "world_size": self.world,
                    "final_loss": last_metric(self.metrics_path, "loss"),
@@ -613,10 +644,12 @@ def run(config: TrainConfig, run_dir: Path, console: Console | None = None) -> d
         return trainer.finish({"sequences": len(examples), "dropped": dict(dropped), "data": config.dataset})
 
 
-def save_model(net: torch.nn.Module, tokenizer: Any, final: Path) -> None:
+def save_model(net: torch.nn.Module, tokenizer: Any, final: Path, state: dict[str, torch.Tensor] | None = None
+               ) -> None:
+    """``save_pretrained`` (of ``state``, the gathered full tensors, under FSDP) to a temporary folder, renamed."""
     tmp = final.with_name(".model-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    net.save_pretrained(tmp, safe_serialization=True)
+    net.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state} if state is not None else {}))
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

@@ -141,8 +141,10 @@ def unit_rows(unit: Unit, problems: pa.Table) -> tuple[list[str], list[int], lis
                 seen.add(pid)
                 keep.append(i)
         return [pids[i] for i in keep], [0] * len(keep), [solutions[i] for i in keep], [True] * len(keep)
-    t = read_columns(unit.path, ["prompt_id", "sample_idx", "completion", "finish_reason"])
-    stopped = [f != "length" for f in t.column("finish_reason").to_pylist()]
+    t = read_columns(unit.path, ["prompt_id", "sample_idx", "completion"])
+    finish = read_columns(unit.path, ["finish_reason"]).column(0).to_pylist() \
+        if "finish_reason" in pq.read_schema(unit.path).names else [None] * t.num_rows  # completions from elsewhere
+    stopped = [f != "length" for f in finish]
     return (t.column("prompt_id").to_pylist(), t.column("sample_idx").to_pylist(), t.column("completion").to_pylist(),
             stopped)
 
@@ -220,6 +222,8 @@ def found_line(found: dict[str, dict[str, int]], skip: str = "") -> str:
     if not total:
         return ""
     fallback = sum(n for how, n in total.items() if how not in ("boxed", "none"))
+    if not fallback and not total.get("none"):
+        return ""  # every answer boxed: nothing to say
     return f"; answers: {total.get('boxed', 0)} boxed, {fallback} by fall-back, {total.get('none', 0)} none"
 
 
