@@ -138,29 +138,37 @@ class VersionDir:
     def problems(self, hashes: bool = False) -> list[str]:
         """What keeps this version from being complete ([] = complete): the manifest, then each listed
         file (missing, wrong size; with ``hashes``, wrong content)."""
+        return self.check(hashes)[0]
+
+    def check(self, hashes: bool) -> tuple[list[str], list[Path]]:
+        """(``problems``, the listed files that exist but are damaged: what ``repair`` removes)."""
         if not self.manifest_path.exists():
-            return ["no manifest.json (not finished)"]
+            return ["no manifest.json (not finished)"], []
         try:
             m = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as e:
-            return [f"manifest.json does not parse ({type(e).__name__}: {e})"]
+            return [f"manifest.json does not parse ({type(e).__name__}: {e})"], []
         required = REQUIRED.get(self.stage, ("config", "summary"))
         if not isinstance(m, dict) or m.get("complete") is not True or any(k not in m for k in required):
-            return [f"manifest.json lacks {', '.join(('complete',) + required)}"]
+            return [f"manifest.json lacks {', '.join(('complete',) + required)}"], []
         try:
             records = listed_files(m)
         except GftError as e:
-            return [f"manifest.json: {e}"]
-        found = []
+            return [f"manifest.json: {e}"], []
+        found, damaged = [], []
         for rec in records:
             path = self.path / rec["name"]
             if not path.is_file():
                 found.append(f"{rec['name']}: missing")
-            elif "size" in rec and path.stat().st_size != rec["size"]:
+                continue
+            if "size" in rec and path.stat().st_size != rec["size"]:
                 found.append(f"{rec['name']}: {path.stat().st_size} bytes, the manifest says {rec['size']}")
             elif hashes and file_sha256(path) != rec["sha256"]:
                 found.append(f"{rec['name']}: content differs from its sha256 in the manifest")
-        return found
+            else:
+                continue
+            damaged.append(path)
+        return found, damaged
 
     def is_complete(self, hashes: bool = False) -> bool:
         return self.manifest_path.exists() and not self.problems(hashes)
@@ -171,9 +179,8 @@ class VersionDir:
             raise GftError(f"{self.stage} version {self.version} is not complete ({self.path}): run `gft {self.stage}`")
         found = self.problems(hashes=True)
         if found:
-            raise GftError(f"{self.stage} version {self.version} is damaged ({self.path}): {'; '.join(found[:3])}"
-                           + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-                           + f"; rerun `gft {self.stage}` to redo the damaged parts")
+            raise GftError(f"{self.stage} version {self.version} is damaged ({self.path}): {first_few(found, '; ')}"
+                           f"; rerun `gft {self.stage}` to redo the damaged parts")
         return self
 
     def shard_path(self, index: int, count: int) -> Path:
@@ -205,26 +212,17 @@ class VersionDir:
         ``writer_lock``."""
         said = []
         if self.manifest_path.exists():
-            found = self.problems(hashes=True)
+            found, damaged = self.check(hashes=True)
             if found:
-                try:
-                    listed = listed_files(json.loads(self.manifest_path.read_text(encoding="utf-8")))
-                except Exception:  # an unreadable manifest lists nothing we can trust
-                    listed = []
-                for rec in listed:
-                    path = self.path / rec["name"]
-                    if path.is_file() and (path.stat().st_size != rec.get("size", path.stat().st_size)
-                                           or file_sha256(path) != rec["sha256"]):
-                        path.unlink()
+                for path in damaged:
+                    path.unlink()
                 self.manifest_path.unlink()
-                said.append(f"damaged, redoing: {'; '.join(found[:3])}" + (f" and {len(found) - 3} more"
-                                                                          if len(found) > 3 else ""))
+                said.append(f"damaged, redoing: {first_few(found, '; ')}")
         bad = [p for p in sorted(self.path.rglob("shard-*.parquet")) if not readable_parquet(p)]
         for p in bad:
             p.unlink()
         if bad:
-            said.append(f"unreadable, redoing: {', '.join(p.relative_to(self.path).as_posix() for p in bad[:3])}"
-                        + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
+            said.append(f"unreadable, redoing: {first_few([p.relative_to(self.path).as_posix() for p in bad], ', ')}")
         return said
 
     def clear_stale_temporaries(self) -> None:
@@ -233,6 +231,11 @@ class VersionDir:
             pid = entry.name.rsplit("-", 1)[-1]
             if not (pid.isdigit() and alive(int(pid))):
                 entry.unlink(missing_ok=True)
+
+
+def first_few(items: list[str], sep: str, shown: int = 3) -> str:
+    """The first ``shown`` items joined, and how many more there are."""
+    return sep.join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
 
 def listed_files(manifest: dict[str, Any]) -> list[dict[str, Any]]:
