@@ -12,6 +12,8 @@ computation.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -37,9 +39,9 @@ class ChunkedTokenLogprob(torch.autograd.Function):
             logits = (hidden[s : s + chunk] @ w.T).float()  # [c, V] fp32, this chunk only
             lse[s : s + chunk] = torch.logsumexp(logits, -1)
             logp[s : s + chunk] = logits.gather(1, targets[s : s + chunk, None]).squeeze(1) - lse[s : s + chunk]
-            if with_entropy:  # H = lse - sum softmax * logits
-                entropy[s : s + chunk] = lse[s : s + chunk] - (
-                    logits.sub(lse[s : s + chunk, None]).exp_().mul_(logits).sum(-1))
+            if with_entropy:  # H = -sum p log p, from the log-softmax (no cancellation against lse)
+                shifted = logits.sub_(lse[s : s + chunk, None])
+                entropy[s : s + chunk] = -shifted.exp().mul_(shifted).sum(-1)
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.chunk = chunk
         ctx.mark_non_differentiable(entropy)
@@ -61,6 +63,78 @@ class ChunkedTokenLogprob(torch.autograd.Function):
             if grad_h is not None:
                 grad_h[s : s + ctx.chunk] = dlogits.to(hidden.dtype) @ w
         return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None
+
+
+class FusedTokenLoss(torch.autograd.Function):
+    """The training loss through the LM head with its gradient made in the same pass, chunk by chunk.
+
+    Every method's per-token loss depends on its own token's log p only (``losses.token_terms``), so
+    as soon as a chunk's log-softmax is known so is d loss / d log p (``g``, from autograd on that
+    chunk's [c] vector), and d loss / d logits = g * (onehot(target) - softmax). The forward pass turns
+    the chunk's logits into that in place and multiplies it straight into the hidden-state gradient
+    [c, H] and the weight gradient [V, H] (accumulated in fp32); backward only scales the two by the
+    upstream gradient. Three matmuls per chunk instead of the four of ``ChunkedTokenLogprob`` + a
+    separate loss (no recomputation of the logits), all in the activations' dtype (bf16 on GPU), and
+    no fp32 [V, H] matmul. Liger's fused linear cross-entropy does the same for plain cross-entropy.
+
+    Returns the loss (sum over tokens of weight * l_t), log p [N] and the entropy [N] (both without
+    gradient). ``tests/test_logprobs.py`` checks loss and gradients against full-logit ``token_loss``
+    for every method, aggregation and tau, in float64.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, objective: Any,
+                chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n, dtype = hidden.shape[0], hidden.dtype
+        w = weight.to(dtype)  # bf16 activations with fp32 master weights: matmuls in bf16
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        logp = torch.empty(n, dtype=acc, device=hidden.device)
+        entropy = torch.empty_like(logp)
+        loss = torch.zeros((), dtype=acc, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if ctx.needs_input_grad[1] else None
+        for s in range(0, n, chunk):
+            sl, h, t = slice(s, s + chunk), hidden[s : s + chunk], targets[s : s + chunk, None]
+            logits = (h @ w.T).to(acc)  # [c, V], this chunk only
+            lse = torch.logsumexp(logits, -1)
+            logp[sl] = logits.gather(1, t).squeeze(1) - lse
+            shifted = logits.sub_(lse[:, None])  # log-softmax, in place
+            probs = shifted.exp()  # softmax
+            entropy[sl] = -torch.einsum("cv,cv->c", probs, shifted)  # H = -sum p log p
+            del logits, shifted
+            with torch.enable_grad():
+                x = logp[sl].detach().requires_grad_(True)
+                terms = objective(x, sl)
+                (g,) = torch.autograd.grad(terms.sum(), x)  # d loss / d log p, per token
+            loss += terms.detach().sum()
+            dlogits = probs.mul_(-g[:, None]).scatter_add_(1, t, g[:, None]).to(dtype)  # g * (onehot - softmax)
+            if grad_h is not None:
+                grad_h[sl] = dlogits @ w
+            if grad_w is not None:
+                if dtype == acc:
+                    grad_w.addmm_(dlogits.T, h)
+                else:  # a bf16 product (fp32 accumulation inside the matmul) added into the fp32 buffer
+                    grad_w.add_(dlogits.T @ h)
+        ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(weight.dtype))
+        ctx.mark_non_differentiable(logp, entropy)
+        return loss, logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor, _grad_logp: torch.Tensor, _grad_entropy: torch.Tensor):
+        grads = list(ctx.saved_tensors)  # grad_h, grad_w (None where no gradient was asked for)
+        if not bool(grad_loss == 1):
+            grads = [None if g is None else g * grad_loss.to(g.dtype) for g in grads]
+        return *grads, None, None, None
+
+
+def fused_token_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, objective: Any,
+                     chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loss (with grad), log p [N] and entropy [N] of the scored tokens: see ``FusedTokenLoss``."""
+    if hidden.shape[0] == 0:  # nothing scored: a zero loss still attached to the graph
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return (hidden.sum() + weight.sum()).float() * 0.0, empty, empty
+    with torch.autocast(hidden.device.type, enabled=False):  # dtypes are handled explicitly inside
+        return FusedTokenLoss.apply(hidden, weight, targets, objective, chunk)
 
 
 def selective_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 512,
@@ -89,23 +163,29 @@ class Policy(nn.Module):
         self.model, self.chunk = model, chunk
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
-                with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                with_entropy: bool = False, objective: Any = None) -> tuple[torch.Tensor, ...]:
         """``response_mask`` [B, T] marks tokens to score (token t is predicted from positions < t).
 
-        Returns log-probs and entropies [B, T] (zeros where ``response_mask`` is 0)."""
+        Returns log-probs and entropies [B, T] (zeros where ``response_mask`` is 0). Given a
+        ``losses.TokenObjective`` over the same [B, T], returns (loss, log-probs, entropies) instead,
+        from the fused pass (``FusedTokenLoss``): the loss carries the gradient, the rest do not."""
         hidden = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         sel = response_mask[:, 1:].bool()  # [B, T-1]: position t-1 predicts token t
         h = hidden[:, :-1][sel]  # [N, H]
         targets = input_ids[:, 1:][sel]  # [N]
-        logp, ent = selective_logprobs(h, self.model.get_output_embeddings().weight, targets, self.chunk,
-                                       with_entropy)
-        out_lp = hidden.new_zeros(input_ids.shape, dtype=torch.float32)
-        out_ent = torch.zeros_like(out_lp)
         pad = torch.zeros_like(response_mask[:, :1], dtype=torch.bool)
         where = torch.cat([pad, sel], dim=1)  # [B, T]: scores sit at the scored token's position
-        out_lp = out_lp.masked_scatter(where, logp)
-        out_ent = out_ent.masked_scatter(where, ent)
-        return out_lp, out_ent
+        head = self.model.get_output_embeddings().weight
+        if objective is not None:
+            loss, logp, ent = fused_token_loss(h, head, targets, objective.select(where), self.chunk)
+            return loss, *(scatter_tokens(x, where) for x in (logp.float(), ent.float()))
+        logp, ent = selective_logprobs(h, head, targets, self.chunk, with_entropy)
+        return scatter_tokens(logp, where), scatter_tokens(ent, where)
+
+
+def scatter_tokens(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """[N] values of the scored tokens into a [B, T] float32 tensor (zeros elsewhere)."""
+    return torch.zeros(where.shape, dtype=torch.float32, device=where.device).masked_scatter(where, values)
 
 
 @torch.no_grad()

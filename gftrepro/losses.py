@@ -30,6 +30,8 @@ policy. Aggregation (``agg``):
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from gftrepro.methods import METHODS, get
@@ -43,9 +45,10 @@ def dcr(p: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def coefficient(logprobs: torch.Tensor, advantages: torch.Tensor, method: str, tau: float) -> torch.Tensor:
-    """Per-token coefficient [B, T] on -log p: a stop-gradient quantity everywhere."""
+    """Per-token coefficient on -log p (shape of ``logprobs``; ``advantages`` broadcast to it): a
+    stop-gradient quantity everywhere."""
     p = logprobs.detach().exp()  # every coefficient is a stop-gradient quantity
-    a = advantages.detach()[:, None].to(logprobs.dtype)
+    a = advantages.detach().to(logprobs.dtype)
     kind = get(method).coefficient if method in METHODS else ""
     if kind == "one":
         return torch.ones_like(p)
@@ -63,9 +66,10 @@ def coefficient(logprobs: torch.Tensor, advantages: torch.Tensor, method: str, t
 
 def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                       clip_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """GRPO/PPO per-token loss ``-min(r A, clip(r) A)`` [B, T] and where the clip was active."""
+    """GRPO/PPO per-token loss ``-min(r A, clip(r) A)`` and where the clip was active (``advantages``
+    broadcast to ``logprobs``)."""
     ratio = torch.exp(logprobs - old_logprobs)
-    a = advantages.detach()[:, None].to(logprobs.dtype)
+    a = advantages.detach().to(logprobs.dtype)
     unclipped, clipped = ratio * a, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * a
     return -torch.min(unclipped, clipped), (clipped < unclipped).detach()
 
@@ -74,6 +78,46 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token KL(pi_theta || pi_ref) estimator k3 = exp(ref - lp) - (ref - lp) - 1 (>= 0)."""
     d = ref_logprobs.detach() - logprobs
     return torch.exp(d) - d - 1
+
+
+def check_args(method: str, tau: float, agg: str) -> None:
+    if agg not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation '{agg}' (known: {', '.join(AGGREGATIONS)})")
+    if not 0.0 <= tau <= 1.0:
+        raise ValueError(f"tau must be in [0, 1], got {tau}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}' (known: {', '.join(METHODS)})")
+
+
+def token_terms(logprobs: torch.Tensor, advantages: torch.Tensor, *, method: str, tau: float,
+                old_logprobs: torch.Tensor | None = None, clip_eps: float = 0.2,
+                ref_logprobs: torch.Tensor | None = None, beta: float = 0.0) -> torch.Tensor:
+    """Per-token loss l_t, elementwise in the shape of ``logprobs`` (``advantages`` broadcast to it;
+    ``old_logprobs`` / ``ref_logprobs`` of the same shape). Every token's l_t depends on its own log p
+    only, which is what lets ``gftrepro.logprobs`` produce the gradient in the loss's own pass."""
+    if get(method).coefficient == "ratio":
+        old = logprobs.detach() if old_logprobs is None else old_logprobs
+        terms = clipped_surrogate(logprobs, old, advantages, clip_eps)[0]
+    else:
+        terms = -coefficient(logprobs, advantages, method, tau) * logprobs
+    if beta:
+        terms = terms + beta * k3_kl(logprobs, ref_logprobs)
+    return terms
+
+
+def token_weights(mask: torch.Tensor, agg: str, num_tokens: float | torch.Tensor | None = None,
+                  num_seqs: float | torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Aggregation weight of every token [B, T] (0 where ``mask`` is 0): the loss is sum(weight * l)."""
+    keep = mask.bool()
+    if agg == "token-mean":
+        denom = keep.sum() if num_tokens is None else num_tokens
+        per_token = 1.0 / torch.as_tensor(denom, dtype=dtype, device=mask.device).clamp(min=1)
+        return torch.where(keep, per_token, 0.0).to(dtype)
+    denom = mask.shape[0] if num_seqs is None else num_seqs
+    per_seq = 1.0 / torch.as_tensor(denom, dtype=dtype, device=mask.device).clamp(min=1)
+    if agg == "seq-mean-token-mean":
+        per_seq = per_seq / keep.sum(-1, keepdim=True).clamp(min=1).to(dtype)
+    return torch.where(keep, per_seq, 0.0).to(dtype)
 
 
 def token_loss(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor | None, *, method: str,
@@ -86,34 +130,71 @@ def token_loss(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Ten
     grpo: ``old_logprobs`` [B, T] (default ``sg(logprobs)``: one update per batch), ``clip_eps``.
     Any method: ``beta > 0`` adds ``beta * k3`` against ``ref_logprobs`` [B, T] per token.
     Masked positions never reach the result (``where``, not a product, so a -inf there is harmless).
+    The training loop computes the same sum with ``gftrepro.logprobs.FusedTokenLoss`` (tested equal).
     """
-    if agg not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation '{agg}' (known: {', '.join(AGGREGATIONS)})")
-    if not 0.0 <= tau <= 1.0:
-        raise ValueError(f"tau must be in [0, 1], got {tau}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method '{method}' (known: {', '.join(METHODS)})")
-    if advantages is None:
-        if get(method).uses_advantage:
-            raise ValueError(f"method '{method}' needs advantages")
-        advantages = torch.zeros(logprobs.shape[0], device=logprobs.device)
+    check_args(method, tau, agg)
+    advantages = check_advantages(advantages, method, logprobs)
     if beta and ref_logprobs is None:
         raise ValueError("beta > 0 needs ref_logprobs")
     keep = mask.bool()
     safe_lp = torch.where(keep, logprobs, torch.zeros_like(logprobs))  # [B, T]
-    if get(method).coefficient == "ratio":
-        old = safe_lp.detach() if old_logprobs is None else torch.where(keep, old_logprobs, 0.0)
-        terms = clipped_surrogate(safe_lp, old, advantages, clip_eps)[0]
-    else:
-        terms = -coefficient(safe_lp, advantages, method, tau) * safe_lp
-    if beta:
-        terms = terms + beta * k3_kl(safe_lp, torch.where(keep, ref_logprobs, 0.0))
+    old = None if old_logprobs is None else torch.where(keep, old_logprobs, 0.0)
+    ref = torch.where(keep, ref_logprobs, 0.0) if beta else None
+    terms = token_terms(safe_lp, advantages[:, None], method=method, tau=tau, old_logprobs=old, clip_eps=clip_eps,
+                        ref_logprobs=ref, beta=beta)
     per_token = torch.where(keep, terms, 0.0)  # [B, T]
-    if agg == "token-mean":
-        denom = keep.sum() if num_tokens is None else num_tokens
-        return per_token.sum() / torch.as_tensor(denom, dtype=per_token.dtype).clamp(min=1)
-    per_seq = per_token.sum(-1)  # [B]
-    if agg == "seq-mean-token-mean":
-        per_seq = per_seq / keep.sum(-1).clamp(min=1)
-    denom = logprobs.shape[0] if num_seqs is None else num_seqs
-    return per_seq.sum() / torch.as_tensor(denom, dtype=per_token.dtype).clamp(min=1)
+    return (per_token * token_weights(mask, agg, num_tokens, num_seqs, per_token.dtype)).sum()
+
+
+def check_advantages(advantages: torch.Tensor | None, method: str, logprobs: torch.Tensor) -> torch.Tensor:
+    if advantages is None:
+        if get(method).uses_advantage:
+            raise ValueError(f"method '{method}' needs advantages")
+        return torch.zeros(logprobs.shape[0], device=logprobs.device)
+    return advantages
+
+
+class TokenObjective:
+    """One micro-batch's loss as the fused LM-head pass needs it: per scored token, its aggregation
+    weight and what its loss term reads (advantage, behaviour and reference log-probs).
+
+    ``build`` takes the [B, T] tensors of ``token_loss``; ``select`` keeps the scored tokens in the
+    order ``Policy`` flattens them; calling it on a slice of log-probs [n] gives weight * l_t [n],
+    whose sum over every token is ``token_loss``'s value.
+    """
+
+    def __init__(self, method: str, tau: float, clip_eps: float, beta: float, weights: torch.Tensor,
+                 advantages: torch.Tensor, old_logprobs: torch.Tensor | None, ref_logprobs: torch.Tensor | None):
+        self.method, self.tau, self.clip_eps, self.beta = method, tau, clip_eps, beta
+        self.weights, self.advantages, self.old, self.ref = weights, advantages, old_logprobs, ref_logprobs
+
+    @classmethod
+    def build(cls, mask: torch.Tensor, advantages: torch.Tensor | None, *, method: str, tau: float = 0.7,
+              agg: str = "token-mean", num_tokens: float | torch.Tensor | None = None,
+              num_seqs: float | torch.Tensor | None = None, old_logprobs: torch.Tensor | None = None,
+              clip_eps: float = 0.2, ref_logprobs: torch.Tensor | None = None, beta: float = 0.0) -> TokenObjective:
+        check_args(method, tau, agg)
+        if beta and ref_logprobs is None:
+            raise ValueError("beta > 0 needs ref_logprobs")
+        wide = torch.float64  # small [B, T] tensors, cast to the log-probs' dtype per chunk
+        adv = check_advantages(advantages, method, mask).detach().to(wide)[:, None].expand(mask.shape)
+        return cls(method, tau, clip_eps, beta, token_weights(mask, agg, num_tokens, num_seqs, wide), adv,
+                   None if old_logprobs is None else old_logprobs.detach().to(wide),
+                   ref_logprobs.detach().to(wide) if beta else None)
+
+    def select(self, where: torch.Tensor) -> TokenObjective:
+        """The scored tokens only ([B, T] boolean ``where`` -> [N])."""
+        return TokenObjective(self.method, self.tau, self.clip_eps, self.beta, self.weights[where],
+                              self.advantages[where], part(self.old, where), part(self.ref, where))
+
+    def __call__(self, logprobs: torch.Tensor, s: slice) -> torch.Tensor:
+        dt = logprobs.dtype
+        terms = token_terms(logprobs, part(self.advantages, s, dt), method=self.method, tau=self.tau,
+                            old_logprobs=part(self.old, s, dt), clip_eps=self.clip_eps,
+                            ref_logprobs=part(self.ref, s, dt), beta=self.beta)
+        return part(self.weights, s, dt) * terms
+
+
+def part(t: torch.Tensor | None, index: Any, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    """``t[index]`` (cast to ``dtype`` when given), or None for None."""
+    return None if t is None else t[index].to(dtype or t.dtype)

@@ -18,7 +18,8 @@ RNG states, step), ``manifest.json`` last.
     torchrun --nproc_per_node 8 -m gftrepro.cli train --config stages/train.yaml
     accelerate launch --num_processes 8 -m gftrepro.cli train --config stages/train.yaml
 
-The loss is ``gftrepro.losses.token_loss``; log-probs come from ``gftrepro.logprobs.Policy``.
+The loss is ``gftrepro.losses.token_loss``, computed with its gradient in the LM head's own pass
+(``gftrepro.logprobs.FusedTokenLoss``; ``--no-fused-loss``: log-probs from ``Policy``, then the loss).
 Distribution is accelerate's (DDP, or FSDP through an ``accelerate config``): never home-made.
 
 Where this departs from the authors' code:
@@ -60,7 +61,7 @@ from gftrepro.build_groups import STD_MODES
 from gftrepro.config import opt, require
 from gftrepro.errors import GftError
 from gftrepro.logprobs import Policy, token_kl
-from gftrepro.losses import AGGREGATIONS, token_loss
+from gftrepro.losses import AGGREGATIONS, TokenObjective, token_loss
 from gftrepro.methods import METHODS
 from gftrepro.models import ModelRef, first_line, load_tokenizer, resolve_model
 from gftrepro.stage import already_done, done_line, open_stage, writing
@@ -95,11 +96,16 @@ class TrainConfig:
     max_length: int = opt(512, "prompt + response tokens per sequence")
     truncation: str = opt("keep", "over-long responses: keep (truncate, no EOS) or drop")
     seed: int = opt(0, "seed of the data order and of torch")
-    dtype: str = opt("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16")
+    dtype: str = opt("auto", "compute dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16")
+    param_dtype: str = opt("float32", "dtype of the trained weights, gradients and AdamW states: float32 (master "
+                                      "weights; bf16 compute when dtype is bfloat16) or bfloat16 (half the memory, "
+                                      "coarser updates; computes in bf16)")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass", versioned=False)
     fsdp: bool = opt(False, "shard parameters, gradients and optimizer states over the processes (FSDP2); with "
                             "dtype bfloat16: bf16 compute, fp32 master shards", versioned=False)
     logprob_chunk: int = opt(512, "tokens per chunk of the LM-head log-softmax", versioned=False)
+    fused_loss: bool = opt(True, "make the loss's gradient in the LM head's own pass (same numbers, faster); "
+                                 "--no-fused-loss: log-probs first, then the loss", versioned=False)
     save_every: int = opt(50, "write a resumable checkpoint every N steps (0 = only at the end)", versioned=False)
     kl_every: int = opt(0, "every N steps, KL(pi_theta || pi_ref) over the step's tokens (0 = off)", versioned=False)
     ref_model: str = opt("", "reference model for the KL ('' = the starting model)", versioned=False)
@@ -132,6 +138,12 @@ class TrainConfig:
             (self.lr > 0 and self.batch_size >= 1 and self.micro_batch_size >= 1, "lr, batch sizes must be > 0"),
             (self.max_length >= 2, "max_length must be at least 2"),
             (self.truncation in ("keep", "drop"), "truncation must be keep or drop"),
+            (self.dtype in ("auto", "float32", "bfloat16"),
+             f"dtype must be auto, float32 or bfloat16, got '{self.dtype}'"),
+            (self.param_dtype in ("float32", "bfloat16"), f"param_dtype must be float32 or bfloat16, got "
+                                                          f"'{self.param_dtype}'"),
+            (not (self.param_dtype == "bfloat16" and self.dtype == "float32"),
+             "param_dtype bfloat16 computes in bf16: set dtype bfloat16 or auto, not float32"),
             (self.epochs >= 1 or self.max_steps >= 1, "set epochs >= 1 or max_steps >= 1"),
             (0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)"),
         ]
@@ -287,11 +299,17 @@ def backward_step(policy: torch.nn.Module, micro_batches: list[dict], config: Tr
     for j, b in enumerate(micro_batches):
         sync = j == len(micro_batches) - 1
         with no_sync(policy) if not sync else nullcontext():
-            logprobs, entropy = policy(b["input_ids"], b["attention_mask"], b["response_mask"], with_entropy=True)
             old = b.get("old_logprobs")
-            loss = token_loss(logprobs, b["response_mask"], b["advantages"], method=config.method, tau=config.tau,
-                              agg=config.agg, num_tokens=num_tokens, num_seqs=num_seqs, old_logprobs=old,
-                              clip_eps=config.clip_eps, ref_logprobs=b.get("ref_logprobs"), beta=config.kl_coef)
+            spec = dict(method=config.method, tau=config.tau, agg=config.agg, num_tokens=num_tokens, num_seqs=num_seqs,
+                        old_logprobs=old, clip_eps=config.clip_eps, ref_logprobs=b.get("ref_logprobs"),
+                        beta=config.kl_coef)
+            if config.fused_loss:
+                objective = TokenObjective.build(b["response_mask"], b["advantages"], **spec)
+                loss, logprobs, entropy = policy(b["input_ids"], b["attention_mask"], b["response_mask"],
+                                                 with_entropy=True, objective=objective)
+            else:
+                logprobs, entropy = policy(b["input_ids"], b["attention_mask"], b["response_mask"], with_entropy=True)
+                loss = token_loss(logprobs, b["response_mask"], b["advantages"], **spec)
             (loss * scale).backward()
         with torch.no_grad():
             mask = b["response_mask"].bool()
@@ -419,11 +437,11 @@ def start_model(config: TrainConfig, run_dir: Path, default: str) -> ModelRef:
     return resolve_model(config.model or default)
 
 
-def load_causal_lm(path: str, ref: str) -> torch.nn.Module:
+def load_causal_lm(path: str, ref: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 master weights
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)  # fp32: master weights
     except Exception as e:
         raise GftError(f"could not load model '{ref}': {first_line(e)}") from None
 
@@ -441,7 +459,8 @@ def plan_steps(config: TrainConfig, examples: list[Example], world: int) -> list
 def make_accelerator(config: TrainConfig) -> Any:
     from accelerate import Accelerator
 
-    autocast = bf16(config) and not config.fsdp  # FSDP casts the gathered parameters itself
+    # FSDP casts the gathered parameters itself; bf16 parameters need no cast
+    autocast = bf16(config) and not config.fsdp and config.param_dtype == "float32"
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if autocast else "no")
 
 
@@ -463,7 +482,7 @@ class Trainer:
             accelerator.is_main_process
         self.total_steps = total_steps
         torch.manual_seed(config.seed)
-        net = load_causal_lm(model.path, model.ref)
+        net = load_causal_lm(model.path, model.ref, getattr(torch, config.param_dtype))
         if config.gradient_checkpointing:
             net.gradient_checkpointing_enable()
         policy = Policy(net, config.logprob_chunk)
@@ -472,9 +491,11 @@ class Trainer:
             from gftrepro import fsdp
 
             net.to(accelerator.device)
-            self.sharded = fsdp.shard(policy, accelerator.device.type, self.world, bf16(config))
+            self.sharded = fsdp.shard(policy, accelerator.device.type, self.world,
+                                      bf16(config) and config.param_dtype == "float32")
+        fused = accelerator.device.type == "cuda" and self.sharded is None  # one kernel for every tensor's update
         optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
-                                      weight_decay=config.weight_decay)
+                                      weight_decay=config.weight_decay, **({"fused": True} if fused else {}))
         updates = total_steps * config.ppo_epochs
         self.scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * updates), updates)
         if self.sharded is not None:

@@ -1,8 +1,10 @@
 """The chunked log-prob path against plain full-logits fp32 computation."""
 
+import pytest
 import torch
 
-from gftrepro.logprobs import Policy, selective_logprobs
+from gftrepro.logprobs import Policy, fused_token_loss, selective_logprobs
+from gftrepro.losses import AGGREGATIONS, METHODS, TokenObjective, token_loss
 
 
 def test_selective_logprobs_values_and_gradients_equal_full_logits():
@@ -58,3 +60,106 @@ def test_bf16_activations_with_fp32_master_weights_track_the_fp32_reference():
     ref.sum().backward()
     torch.testing.assert_close(lp, ref, atol=0.1, rtol=0.02)
     torch.testing.assert_close(w_grad, weight.grad, atol=0.1, rtol=0.05)
+
+
+# ---------------------------------------------------------------- the fused loss pass
+
+def fused_case(seed=0, dtype=torch.float64, b=3, t=9, h=12, v=50):
+    g = torch.Generator().manual_seed(seed)
+    mask = (torch.rand(b, t, generator=g) > 0.3).long()
+    mask[:, 0] = 1
+    n = int(mask.sum())
+    hidden = torch.randn(n, h, generator=g, dtype=torch.float64).to(dtype).requires_grad_(True)
+    weight = (torch.randn(v, h, generator=g, dtype=torch.float64) * 0.7).to(dtype).requires_grad_(True)
+    targets = torch.randint(0, v, (n,), generator=g)
+    adv = torch.randn(b, generator=g, dtype=torch.float64)
+    old = torch.randn(b, t, generator=g, dtype=torch.float64) * 0.5  # offsets from the current log p
+    ref = torch.randn(b, t, generator=g, dtype=torch.float64) * 0.3
+    return hidden, weight, targets, mask, adv, old, ref
+
+
+def full_logit_loss(hidden, weight, targets, mask, adv, **spec):
+    """The plain path: full float64 logits, log_softmax, gather, scattered to [B, T], then token_loss."""
+    lp = torch.log_softmax(hidden.double() @ weight.double().T, -1).gather(1, targets[:, None]).squeeze(1)
+    logprobs = torch.zeros(mask.shape, dtype=torch.float64).masked_scatter(mask.bool(), lp)
+    return token_loss(logprobs, mask, adv, **spec), logprobs
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("agg", AGGREGATIONS)
+@pytest.mark.parametrize("tau", [0.0, 0.3, 0.7, 1.0])
+def test_fused_loss_equals_full_logits_token_loss_in_float64(method, agg, tau):
+    hidden, weight, targets, mask, adv, _, _ = fused_case()
+    spec = dict(method=method, tau=tau, agg=agg)
+    ref_loss, _ = full_logit_loss(hidden, weight, targets, mask, adv, **spec)
+    ref_loss.backward()
+    expected = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    objective = TokenObjective.build(mask, adv, **spec).select(mask.bool())
+    loss, logp, ent = fused_token_loss(hidden, weight, targets, objective, chunk=4)  # 4 does not divide N
+    (loss * 2.5).backward()  # an upstream factor (DDP's process count) scales both gradients
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(hidden.grad, 2.5 * expected[0], rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(weight.grad, 2.5 * expected[1], rtol=1e-10, atol=1e-13)
+    full = torch.log_softmax(hidden.detach() @ weight.detach().T, -1)
+    torch.testing.assert_close(logp, full.gather(1, targets[:, None]).squeeze(1))
+    torch.testing.assert_close(ent, -(full.exp() * full).sum(-1))
+
+
+@pytest.mark.parametrize("agg", AGGREGATIONS)
+def test_fused_grpo_clipped_ratio_and_kl_term_equal_token_loss(agg):
+    """Later PPO epochs (old log-probs away from the current ones: the clip is active) and beta * k3."""
+    hidden, weight, targets, mask, adv, old, ref = fused_case(seed=2)
+    with torch.no_grad():
+        _, now = full_logit_loss(hidden, weight, targets, mask, adv, method="sft")
+    spec = dict(method="grpo", agg=agg, old_logprobs=now + old, ref_logprobs=now + ref, beta=0.04, clip_eps=0.2)
+    ref_loss, _ = full_logit_loss(hidden, weight, targets, mask, adv, **spec)
+    ref_loss.backward()
+    expected = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    loss, _, _ = fused_token_loss(hidden, weight, targets, TokenObjective.build(mask, adv, **spec).select(mask.bool()),
+                                  chunk=5)
+    loss.backward()
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(hidden.grad, expected[0], rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(weight.grad, expected[1], rtol=1e-10, atol=1e-13)
+
+
+def test_fused_bf16_activations_with_fp32_master_weights_track_the_float64_reference():
+    hidden, weight, targets, mask, adv, _, _ = fused_case(seed=1, h=32, v=64)
+    spec = dict(method="gft", tau=0.7)
+    ref_loss, _ = full_logit_loss(hidden.detach().bfloat16().double().requires_grad_(True),
+                                  weight.detach().bfloat16().double().requires_grad_(True), targets, mask, adv, **spec)
+    w32 = weight.detach().float().requires_grad_(True)
+    h16 = hidden.detach().bfloat16().requires_grad_(True)
+    loss, _, _ = fused_token_loss(h16, w32, targets, TokenObjective.build(mask, adv, **spec).select(mask.bool()),
+                                  chunk=6)
+    loss.backward()
+    assert h16.grad.dtype == torch.bfloat16 and w32.grad.dtype == torch.float32 and loss.dtype == torch.float32
+    ref_h = hidden.detach().bfloat16().double().requires_grad_(True)
+    ref_w = weight.detach().bfloat16().double().requires_grad_(True)
+    full_logit_loss(ref_h, ref_w, targets, mask, adv, **spec)[0].backward()
+    torch.testing.assert_close(loss.double(), ref_loss, atol=0.02, rtol=0.02)
+    torch.testing.assert_close(w32.grad.double(), ref_w.grad, atol=2e-3, rtol=0.05)
+    torch.testing.assert_close(h16.grad.double(), ref_h.grad, atol=2e-3, rtol=0.05)
+
+
+def test_policy_with_an_objective_gives_the_loss_of_its_log_probs(student_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(student_path)
+    ids = torch.tensor([[258, 70, 71, 72, 73, 74, 256, 257], [258, 80, 81, 82, 83, 84, 85, 256]])
+    attention = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0], [1] * 8])
+    response = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 0], [0, 0, 0, 0, 1, 1, 1, 1]])
+    adv = torch.tensor([0.8, -1.1])
+    policy = Policy(model, chunk=3)
+    lp, ent = policy(ids, attention, response, with_entropy=True)
+    token_loss(lp, response, adv, method="gft", tau=0.7).backward()
+    expected = {n: p.grad.clone() for n, p in policy.named_parameters()}
+    policy.zero_grad(set_to_none=True)
+    loss, lp2, ent2 = policy(ids, attention, response, objective=TokenObjective.build(response, adv, method="gft"))
+    loss.backward()
+    torch.testing.assert_close(lp2, lp.detach())
+    torch.testing.assert_close(ent2, ent)
+    for name, p in policy.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-5, atol=1e-7)

@@ -1,6 +1,7 @@
 """gft train on the embedded default: every method, invariants of the loop, resume, two processes."""
 
 import json
+import math
 import os
 import pickle
 import shutil
@@ -94,6 +95,43 @@ def test_one_batch_of_8_equals_8_micro_batches_of_1(grouped_run, student_path):
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("method,agg", [("gft", "token-mean"), ("dft", "seq-mean-token-mean"),
+                                        ("grpo", "seq-mean-token-sum")])
+def test_fused_loss_pass_equals_log_probs_then_loss(grouped_run, student_path, method, agg):
+    """The training step with the fused LM-head pass (the default) against --no-fused-loss: the same
+    loss, metrics and gradients of every parameter, with micro-batches and a later PPO epoch's old
+    log-probs (grpo)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gftrepro import store
+    from gftrepro.logprobs import Policy
+    from gftrepro.train import read_rows
+
+    tok = AutoTokenizer.from_pretrained(student_path)
+    examples, _ = tokenize(read_rows(store.latest_complete(grouped_run, "build-groups"), "groups")[:8], tok, 512,
+                           "keep")
+    n_tokens = sum(len(e.ids) - e.prompt_len for e in examples)
+    results = []
+    for fused in (True, False):
+        config = TrainConfig(method=method, agg=agg, fused_loss=fused, logprob_chunk=16)
+        policy = Policy(AutoModelForCausalLM.from_pretrained(student_path), chunk=16)
+        batches = [collate(examples[k : k + 3], tok.pad_token_id, torch.device("cpu")) for k in range(0, 8, 3)]
+        if method == "grpo":
+            g = torch.Generator().manual_seed(0)
+            for b in batches:
+                with torch.no_grad():
+                    lp, _ = policy(b["input_ids"], b["attention_mask"], b["response_mask"])
+                b["old_logprobs"] = lp + 0.3 * torch.randn(lp.shape, generator=g)
+        stats = backward_step(policy, batches, config, n_tokens, 8, 2.0,
+                              lambda m: __import__("contextlib").nullcontext())
+        results.append((stats, {n: p.grad.clone() for n, p in policy.named_parameters()}))
+    (fused_stats, fused_grads), (plain_stats, plain_grads) = results
+    for key in ("loss", "tokens", "entropy", "prob", "rectified", "clipped"):
+        assert fused_stats[key] == pytest.approx(plain_stats[key], rel=1e-5, abs=1e-7), key
+    for name in fused_grads:
+        torch.testing.assert_close(fused_grads[name], plain_grads[name], atol=1e-7, rtol=1e-5)
+
+
 def test_sigkill_mid_training_then_resume_equals_uninterrupted(grouped_run, tmp_path):
     args = ["train", "--method", "gft", "--max-steps", "8", "--batch-size", "4", "--save-every", "2", "--seed", "7"]
     killed, fresh = tmp_path / "killed", tmp_path / "fresh"
@@ -167,6 +205,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(grouped_run, tmp_pat
     (["--method", "ppo"], "unknown method 'ppo'"),
     (["--tau", "1.5"], "tau must be in [0, 1]"),
     (["--method", "gft", "--data", "sft"], "needs groups"),
+    (["--param-dtype", "bfloat16", "--dtype", "float32"], "param_dtype bfloat16 computes in bf16"),
+    (["--param-dtype", "float16"], "param_dtype must be float32 or bfloat16"),
 ])
 def test_bad_training_input(grouped_run, args, message):
     proc = gft("train", "--run", str(grouped_run), *args)
@@ -187,3 +227,18 @@ def test_nan_advantages_are_refused(grouped_run, tmp_path):
     proc = gft("train", "--run", str(run), "--max-steps", "1")
     assert proc.returncode == 2 and "is not finite" in proc.stderr
     assert not list(run.glob("train/*/manifest.json"))
+
+
+def test_bf16_parameters_train_and_save_bf16_weights(grouped_run, tmp_path):
+    """--param-dtype bfloat16: weights, gradients and AdamW states in bf16 (no fp32 master copy)."""
+    from safetensors import safe_open
+
+    run = tmp_path / "run"
+    shutil.copytree(grouped_run, run, ignore=shutil.ignore_patterns("train"))
+    gft("train", "--run", str(run), "--method", "gft", "--max-steps", "2", "--batch-size", "4", "--param-dtype",
+        "bfloat16", check=True)
+    (v,) = (run / "train").iterdir()
+    with safe_open(str(v / "model" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    lines = [json.loads(x) for x in (v / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(math.isfinite(m["loss"]) and m["grad_norm"] > 0 for m in lines)
