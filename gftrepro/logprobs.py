@@ -95,13 +95,16 @@ class FusedTokenLoss(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if ctx.needs_input_grad[1] else None
         for s in range(0, n, chunk):
             sl, h, t = slice(s, s + chunk), hidden[s : s + chunk], targets[s : s + chunk, None]
-            logits = (h @ w.T).to(acc)  # [c, V], this chunk only
-            lse = torch.logsumexp(logits, -1)
-            logp[sl] = logits.gather(1, t).squeeze(1) - lse
-            shifted = logits.sub_(lse[:, None])  # log-softmax, in place
-            probs = shifted.exp()  # softmax
-            entropy[sl] = -torch.einsum("cv,cv->c", probs, shifted)  # H = -sum p log p
-            del logits, shifted
+            # one [c, V] buffer: the logits, turned in place into the softmax and then into d loss / d logits
+            probs = (h @ w.T).to(acc)  # [c, V], this chunk only
+            probs.sub_(probs.amax(-1, keepdim=True))
+            target = probs.gather(1, t).squeeze(1)
+            total = probs.exp_().sum(-1)
+            probs.div_(total[:, None])  # softmax
+            logp[sl] = target - total.log()
+            ent = entropy[sl]  # a view
+            for r in range(0, probs.shape[0], 32):  # H = -sum p log p, 32 rows of temporaries at a time
+                ent[r : r + 32] = -torch.special.xlogy(probs[r : r + 32], probs[r : r + 32]).sum(-1)
             with torch.enable_grad():
                 x = logp[sl].detach().requires_grad_(True)
                 terms = objective(x, sl)

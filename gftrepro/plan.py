@@ -192,13 +192,22 @@ def memory_note(model: str, a: Assumptions, fsdp: bool = False, gpus: int = 0) -
         per = need / gpus
         verdict = "fits" if per <= 0.8 * a.gpu_gb else "does NOT fit: use more GPUs"
         return f"training {model} ({p:.2f}B): layout FSDP over {gpus} GPUs (fsdp: true): ~{per:.0f} GB of weights, " \
-               f"gradients and AdamW states per {a.gpu_gb:.0f} GB GPU (of ~{need:.0f} GB), plus activations: {verdict}"
+               f"gradients and AdamW states per {a.gpu_gb:.0f} GB GPU (of ~{need:.0f} GB), plus activations: " \
+               f"{verdict}{one_gpu_note(p, a) if need > 0.8 * a.gpu_gb else ''}"
     if need <= 0.8 * a.gpu_gb:
         return f"training {model} ({p:.2f}B): layout data parallel over {gpus} GPUs: ~{need:.0f} GB of weights, " \
                f"gradients and AdamW states on each: fits one {a.gpu_gb:.0f} GB GPU"
     shards = int(-(-need // (0.6 * a.gpu_gb)))
     return f"training {model} ({p:.2f}B): ~{need:.0f} GB of weights, gradients and AdamW states does NOT fit one " \
-           f"{a.gpu_gb:.0f} GB GPU: shard them with FSDP over >= {shards} GPUs (train: fsdp: true, or gft train --fsdp)"
+           f"{a.gpu_gb:.0f} GB GPU: shard them with FSDP over >= {shards} GPUs (train: fsdp: true, or gft train " \
+           f"--fsdp){one_gpu_note(p, a)}"
+
+
+def one_gpu_note(p: float, a: Assumptions) -> str:
+    """Why one GPU is no way out, in numbers (bf16 weights: benchmarks/train_step.py bf16-updates)."""
+    return (f". On one GPU: bf16 weights and AdamW states (--param-dtype bfloat16, ~{8 * p:.0f} GB) would fit, but "
+            f"bf16 keeps only 0.4% of AdamW's updates at lr 1e-6 (2.0% at 1e-5; measured on SmolLM2-135M); fp32 "
+            f"master weights with 8-bit AdamW states would still take ~{10 * p:.0f} GB before activations")
 
 
 def show(rows: list[dict], notes: list[str], console: Console) -> None:
