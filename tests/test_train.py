@@ -129,7 +129,10 @@ def test_fused_loss_pass_equals_log_probs_then_loss(grouped_run, student_path, m
     for key in ("loss", "tokens", "entropy", "prob", "rectified", "clipped"):
         assert fused_stats[key] == pytest.approx(plain_stats[key], rel=1e-5, abs=1e-7), key
     for name in fused_grads:
-        torch.testing.assert_close(fused_grads[name], plain_grads[name], atol=1e-7, rtol=1e-5)
+        # float32 on both sides with the softmax formed in another order (the float64 tests in test_logprobs
+        # show the fused pass exact): measured differences up to 2.5e-5 of a tensor's largest entry
+        scale = float(plain_grads[name].abs().max())
+        torch.testing.assert_close(fused_grads[name], plain_grads[name], atol=1e-4 * scale, rtol=1e-5)
 
 
 def test_sigkill_mid_training_then_resume_equals_uninterrupted(grouped_run, tmp_path):
