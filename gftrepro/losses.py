@@ -80,13 +80,16 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1
 
 
-def check_args(method: str, tau: float, agg: str) -> None:
+def check_args(method: str, tau: float, agg: str, beta: float = 0.0, ref_logprobs: torch.Tensor | None = None
+               ) -> None:
     if agg not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation '{agg}' (known: {', '.join(AGGREGATIONS)})")
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"tau must be in [0, 1], got {tau}")
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}' (known: {', '.join(METHODS)})")
+    if beta and ref_logprobs is None:
+        raise ValueError("beta > 0 needs ref_logprobs")
 
 
 def token_terms(logprobs: torch.Tensor, advantages: torch.Tensor, *, method: str, tau: float,
@@ -132,10 +135,8 @@ def token_loss(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Ten
     Masked positions never reach the result (``where``, not a product, so a -inf there is harmless).
     The training loop computes the same sum with ``gftrepro.logprobs.FusedTokenLoss`` (tested equal).
     """
-    check_args(method, tau, agg)
+    check_args(method, tau, agg, beta, ref_logprobs)
     advantages = check_advantages(advantages, method, logprobs)
-    if beta and ref_logprobs is None:
-        raise ValueError("beta > 0 needs ref_logprobs")
     keep = mask.bool()
     safe_lp = torch.where(keep, logprobs, torch.zeros_like(logprobs))  # [B, T]
     old = None if old_logprobs is None else torch.where(keep, old_logprobs, 0.0)
@@ -173,9 +174,7 @@ class TokenObjective:
               agg: str = "token-mean", num_tokens: float | torch.Tensor | None = None,
               num_seqs: float | torch.Tensor | None = None, old_logprobs: torch.Tensor | None = None,
               clip_eps: float = 0.2, ref_logprobs: torch.Tensor | None = None, beta: float = 0.0) -> TokenObjective:
-        check_args(method, tau, agg)
-        if beta and ref_logprobs is None:
-            raise ValueError("beta > 0 needs ref_logprobs")
+        check_args(method, tau, agg, beta, ref_logprobs)
         wide = torch.float64  # small [B, T] tensors, cast to the log-probs' dtype per chunk
         adv = check_advantages(advantages, method, mask).detach().to(wide)[:, None].expand(mask.shape)
         return cls(method, tau, clip_eps, beta, token_weights(mask, agg, num_tokens, num_seqs, wide), adv,

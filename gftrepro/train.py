@@ -459,13 +459,17 @@ def plan_steps(config: TrainConfig, examples: list[Example], world: int) -> list
 def make_accelerator(config: TrainConfig) -> Any:
     from accelerate import Accelerator
 
-    # FSDP casts the gathered parameters itself; bf16 parameters need no cast
-    autocast = bf16(config) and not config.fsdp and config.param_dtype == "float32"
+    autocast = mixed_bf16(config) and not config.fsdp  # FSDP casts the gathered parameters itself
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if autocast else "no")
 
 
 def bf16(config: TrainConfig) -> bool:
     return config.dtype == "bfloat16" or (config.dtype == "auto" and torch.cuda.is_available())
+
+
+def mixed_bf16(config: TrainConfig) -> bool:
+    """bf16 compute on fp32 master weights (bf16 parameters need no cast)."""
+    return bf16(config) and config.param_dtype == "float32"
 
 
 class Trainer:
@@ -491,8 +495,7 @@ class Trainer:
             from gftrepro import fsdp
 
             net.to(accelerator.device)
-            self.sharded = fsdp.shard(policy, accelerator.device.type, self.world,
-                                      bf16(config) and config.param_dtype == "float32")
+            self.sharded = fsdp.shard(policy, accelerator.device.type, self.world, mixed_bf16(config))
         fused = accelerator.device.type == "cuda" and self.sharded is None  # one kernel for every tensor's update
         optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
                                       weight_decay=config.weight_decay, **({"fused": True} if fused else {}))
