@@ -27,16 +27,17 @@
   (vocab 151,936, hidden 1,536), forward + backward, naive (full fp32 logits, log_softmax, gather)
   vs ``gftrepro.logprobs.selective_logprobs`` (chunks of 1,024 and 512) vs the fused loss pass
   ``fused_token_loss`` (the gft loss with its gradient, chunks of 512 and 1,024). Each variant runs in a
-  fresh process; peak memory is ``torch.cuda.max_memory_allocated`` on a GPU, else the growth of
-  the process's peak RSS over its inputs.
+  fresh process; peak memory is ``torch.cuda.max_memory_allocated`` over the inputs on a GPU, else
+  the most tensor bytes alive at once as torch's ``MemTracker`` counts them (every allocation, so
+  unlike the process's RSS it does not move with the allocator's caching).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
-import resource
 import statistics
 import subprocess
 import sys
@@ -364,9 +365,6 @@ def bf16_updates(args: argparse.Namespace) -> list[dict]:
 
 def logprob_variant(variant: str, tokens: int, vocab: int, hidden: int) -> dict:
     """One variant in this (fresh) process: forward + backward, peak memory over the inputs."""
-    from gftrepro.logprobs import fused_token_loss, selective_logprobs
-    from gftrepro.losses import TokenObjective
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     g = torch.Generator().manual_seed(0)
@@ -378,9 +376,28 @@ def logprob_variant(variant: str, tokens: int, vocab: int, hidden: int) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        tracker = contextlib.nullcontext()
+    else:  # tensor bytes alive at once, counted per allocation (the CPU twin of max_memory_allocated)
+        from torch.distributed._tools.mem_tracker import MemTracker
+
+        tracker = MemTracker()
     t0 = time.perf_counter()
+    with tracker:
+        run_logprob_variant(variant, h, w, t, tokens, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = tracker.get_tracker_snapshot("peak")[device]["Total"]
+    return {"variant": variant, "seconds": time.perf_counter() - t0, "peak_extra_gib": peak / 2**30,
+            "device": str(device), "dtype": str(dtype)}
+
+
+def run_logprob_variant(variant: str, h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, tokens: int,
+                        device: torch.device) -> None:
+    from gftrepro.logprobs import fused_token_loss, selective_logprobs
+    from gftrepro.losses import TokenObjective
+
     if variant == "naive":
         lp = torch.log_softmax((h @ w.T).float(), -1).gather(1, t[:, None]).squeeze(1)
         lp.sum().backward()
@@ -391,13 +408,6 @@ def logprob_variant(variant: str, tokens: int, vocab: int, hidden: int) -> dict:
     else:
         lp, _ = selective_logprobs(h, w, t, chunk=int(variant.split("-")[1]), with_entropy=True)  # as training
         lp.sum().backward()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    return {"variant": variant, "seconds": time.perf_counter() - t0, "peak_extra_gib": peak / 2**30,
-            "device": str(device), "dtype": str(dtype)}
 
 
 def logprobs(args: argparse.Namespace) -> list[dict]:

@@ -93,6 +93,11 @@ class FusedTokenLoss(torch.autograd.Function):
         loss = torch.zeros((), dtype=acc, device=hidden.device)
         grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if ctx.needs_input_grad[1] else None
+        # Temporaries beyond the [c, V] fp32 buffer are kept within what the chunked path's backward
+        # allocates at the same point (a [c, H] product in fp32; a bf16 copy of the buffer in bf16), so
+        # the fused peak is no higher: entropy rows and weight-gradient vocab rows come in blocks.
+        ent_rows = max(1, (chunk * hidden.shape[1]) // weight.shape[0]) if dtype == acc else max(1, chunk // 2)
+        vocab_rows = max(1, (2 * chunk * weight.shape[0]) // hidden.shape[1])  # [rows, H] bf16 <= [c, V] fp32
         for s in range(0, n, chunk):
             sl, h, t = slice(s, s + chunk), hidden[s : s + chunk], targets[s : s + chunk, None]
             # one [c, V] buffer: the logits, turned in place into the softmax and then into d loss / d logits
@@ -102,22 +107,25 @@ class FusedTokenLoss(torch.autograd.Function):
             total = probs.exp_().sum(-1)
             probs.div_(total[:, None])  # softmax
             logp[sl] = target - total.log()
-            ent = entropy[sl]  # a view
-            for r in range(0, probs.shape[0], 32):  # H = -sum p log p, 32 rows of temporaries at a time
-                ent[r : r + 32] = -torch.special.xlogy(probs[r : r + 32], probs[r : r + 32]).sum(-1)
+            ent = entropy[sl]  # a view; H = -sum p log p, ent_rows rows of temporaries at a time
+            for r in range(0, probs.shape[0], ent_rows):
+                torch.sum(torch.special.entr(probs[r : r + ent_rows]), -1, out=ent[r : r + ent_rows])
             with torch.enable_grad():
                 x = logp[sl].detach().requires_grad_(True)
                 terms = objective(x, sl)
                 (g,) = torch.autograd.grad(terms.sum(), x)  # d loss / d log p, per token
             loss += terms.detach().sum()
             dlogits = probs.mul_(-g[:, None]).scatter_add_(1, t, g[:, None]).to(dtype)  # g * (onehot - softmax)
+            probs = None  # with bf16 activations the fp32 buffer is freed here (dlogits is its bf16 copy)
             if grad_h is not None:
-                grad_h[sl] = dlogits @ w
+                torch.matmul(dlogits, w, out=grad_h[sl])
             if grad_w is not None:
                 if dtype == acc:
                     grad_w.addmm_(dlogits.T, h)
-                else:  # a bf16 product (fp32 accumulation inside the matmul) added into the fp32 buffer
-                    grad_w.add_(dlogits.T @ h)
+                else:  # bf16 products (fp32 accumulation inside each matmul) added into the fp32 buffer
+                    for v in range(0, grad_w.shape[0], vocab_rows):
+                        grad_w[v : v + vocab_rows].add_(dlogits[:, v : v + vocab_rows].T @ h)
+            dlogits = None
         ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(weight.dtype))
         ctx.mark_non_differentiable(logp, entropy)
         return loss, logp, entropy

@@ -163,3 +163,34 @@ def test_policy_with_an_objective_gives_the_loss_of_its_log_probs(student_path):
     torch.testing.assert_close(ent2, ent)
     for name, p in policy.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("v,h", [(4096, 64), (1024, 256)])  # LM-head shapes: vocab >> hidden, and hidden > 2 x chunk
+def test_fused_pass_peak_memory_is_no_higher_than_the_chunked_path(dtype, v, h):
+    """Tensor bytes alive at once (torch's MemTracker counts every allocation, so this is exact and
+    deterministic): forward + backward of the fused loss vs the chunked log-probs + ``token_loss``."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    n, chunk = 300, 64
+    mask, adv = torch.ones(1, n, dtype=torch.long), torch.ones(1)
+
+    def peak(fused: bool) -> int:
+        g = torch.Generator().manual_seed(0)
+        hidden = torch.randn(n, h, generator=g).to(dtype).requires_grad_(True)
+        weight = torch.randn(v, h, generator=g, requires_grad=True)  # fp32 master weights, as training
+        targets = torch.randint(0, v, (n,), generator=g)
+        tracker = MemTracker()
+        with tracker:
+            if fused:
+                objective = TokenObjective.build(mask, adv, method="gft").select(mask.bool())
+                loss = fused_token_loss(hidden, weight, targets, objective, chunk)[0]
+            else:
+                lp, _ = selective_logprobs(hidden, weight, targets, chunk, with_entropy=True)
+                loss = token_loss(lp[None], mask, adv, method="gft")
+            loss.backward()
+        return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+
+    fused, chunked = peak(True), peak(False)
+    assert fused <= chunked, (fused, chunked)
+    assert fused >= v * h * 4  # the count is real: at least the fp32 weight gradient
