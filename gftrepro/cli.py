@@ -51,6 +51,10 @@ def quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     logging.getLogger("accelerate").setLevel(logging.ERROR)  # e.g. its notice on tied weights at save_state
+    # where torchao is installed (the lowmem extra), transformers imports it on every model load: it logs one line
+    # per CUDA extension it cannot load (every CPU machine) and torch a deprecation notice per enum it registers
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def guarded(fn: Callable[[], Any]) -> Any:
@@ -221,7 +225,7 @@ def plan(
 
         run_cfg, stages = pipeline.run_config(config, {}), pipeline.stage_configs(config)
         a = planner.Assumptions(mean_new_tokens, mean_prompt_tokens, gen_tok_s, gpu_gb)
-        notes = [planner.memory_note(stages["sample-self"].model, a, stages["train"].fsdp),
+        notes = [planner.memory_note(stages["sample-self"].model, a, stages["train"]),
                  f"assumptions: {mean_new_tokens:.0f} new tokens per sample, {mean_prompt_tokens:.0f} prompt "
                  f"tokens per training sequence, generation {gen_tok_s:,.0f} tok/s per GPU for 1.5B (scaled by "
                  f"1.5 / params), training {planner.TRAIN_TOK_S_1P5B:,} tok/s per H100 for 1.54B (measured, scaled "

@@ -22,9 +22,11 @@ import yaml
 from gftrepro.errors import GftError
 
 
-def opt(default: Any, help: str, *, flag: str | None = None, versioned: bool = True) -> Any:
+def opt(default: Any, help: str, *, flag: str | None = None, versioned: bool | str = True) -> Any:
     """A config field. ``versioned=False`` for fields that cannot change the stage's outputs
-    (sharding of work, memory knobs): they are left out of the version hash."""
+    (sharding of work, memory knobs): they are left out of the version hash. ``versioned="unless-default"``
+    for a field added after runs exist: it enters the hash only when set away from its default, so
+    those runs keep their version ids."""
     kw = {"default_factory": lambda: default} if isinstance(default, list | dict) else {"default": default}
     return dataclasses.field(metadata={"help": help, "flag": flag, "versioned": versioned}, **kw)
 
@@ -136,7 +138,12 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def versioned_dict(config: Any) -> dict[str, Any]:
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata.get("versioned", True)}
+    out = {}
+    for f in dataclasses.fields(config):
+        mode, value = f.metadata.get("versioned", True), getattr(config, f.name)
+        if mode is True or (mode == "unless-default" and value != f.default):
+            out[f.name] = value
+    return out
 
 
 def content_hash(payload: Any, length: int = 12) -> str:

@@ -180,34 +180,56 @@ BENCH_SIZES = {"math500": 500, "minerva_math": 272, "olympiadbench": 675, "aime2
                "mawps": 2065, "svamp": 1000, "gsm8k": 1319, "testbed": 300, "testbed-probe": 300}
 
 
-def memory_note(model: str, a: Assumptions, fsdp: bool = False, gpus: int = 0) -> str:
-    """The training layout the config assumes and whether it fits: ``fsdp`` shards weights, gradients and
-    AdamW states over ``gpus`` (the recipe's count; 8 where unknown)."""
+# optimizer-state bytes per parameter of torchao's AdamW8bit (8-bit moments, fp32 block scales; tensors under
+# 4,096 values stay in the weights' dtype): measured on SmolLM2-135M, benchmarks/train_step.py lowmem
+ADAMW8BIT_STATE_BYTES = 2.03
+
+
+def bytes_per_param(param_dtype: str = "float32", optimizer: str = "adamw") -> float:
+    """Weights + gradients + AdamW moments per parameter, as ``gft train`` stores them."""
+    weight = 4 if param_dtype == "float32" else 2
+    return 2 * weight + (ADAMW8BIT_STATE_BYTES if optimizer == "adamw8bit" else 2 * weight)
+
+
+def layout(param_dtype: str, optimizer: str) -> str:
+    if (param_dtype, optimizer) == ("float32", "adamw"):
+        return "mixed precision"
+    return f"param_dtype {param_dtype}, optimizer {optimizer}"
+
+
+def memory_note(model: str, a: Assumptions, train: Any = None, gpus: int = 0) -> str:
+    """The training layout the train config assumes and whether it fits: ``train.fsdp`` shards weights,
+    gradients and AdamW states over ``gpus`` (the recipe's count; 8 where unknown); ``param_dtype`` and
+    ``optimizer`` set the bytes per parameter."""
     p = params_of(model)
     if p is None:
         return f"training memory of {model}: parameter count unknown to gft plan"
-    need = 16 * p  # GB for weights + grads + AdamW moments in mixed precision
+    fsdp = bool(getattr(train, "fsdp", False))
+    dtype, optimizer = getattr(train, "param_dtype", "float32"), getattr(train, "optimizer", "adamw")
+    need = bytes_per_param(dtype, optimizer) * p  # GB for weights + grads + AdamW moments
+    what = f"weights, gradients and AdamW states ({layout(dtype, optimizer)})"
     gpus = gpus or {f.hub: f.gpus for f in MODELS}.get(model, 8)
     if fsdp:
         per = need / gpus
         verdict = "fits" if per <= 0.8 * a.gpu_gb else "does NOT fit: use more GPUs"
-        return f"training {model} ({p:.2f}B): layout FSDP over {gpus} GPUs (fsdp: true): ~{per:.0f} GB of weights, " \
-               f"gradients and AdamW states per {a.gpu_gb:.0f} GB GPU (of ~{need:.0f} GB), plus activations: " \
+        return f"training {model} ({p:.2f}B): layout FSDP over {gpus} GPUs (fsdp: true): ~{per:.0f} GB of {what} " \
+               f"per {a.gpu_gb:.0f} GB GPU (of ~{need:.0f} GB), plus activations: " \
                f"{verdict}{one_gpu_note(p, a) if need > 0.8 * a.gpu_gb else ''}"
     if need <= 0.8 * a.gpu_gb:
-        return f"training {model} ({p:.2f}B): layout data parallel over {gpus} GPUs: ~{need:.0f} GB of weights, " \
-               f"gradients and AdamW states on each: fits one {a.gpu_gb:.0f} GB GPU"
+        return f"training {model} ({p:.2f}B): layout data parallel over {gpus} GPUs: ~{need:.0f} GB of {what} " \
+               f"on each: fits one {a.gpu_gb:.0f} GB GPU"
     shards = int(-(-need // (0.6 * a.gpu_gb)))
-    return f"training {model} ({p:.2f}B): ~{need:.0f} GB of weights, gradients and AdamW states does NOT fit one " \
-           f"{a.gpu_gb:.0f} GB GPU: shard them with FSDP over >= {shards} GPUs (train: fsdp: true, or gft train " \
-           f"--fsdp){one_gpu_note(p, a)}"
+    return f"training {model} ({p:.2f}B): ~{need:.0f} GB of {what} does NOT fit one {a.gpu_gb:.0f} GB GPU: shard " \
+           f"them with FSDP over >= {shards} GPUs (train: fsdp: true, or gft train --fsdp){one_gpu_note(p, a)}"
 
 
 def one_gpu_note(p: float, a: Assumptions) -> str:
-    """Why one GPU is no way out, in numbers (bf16 weights: benchmarks/train_step.py bf16-updates)."""
-    return (f". On one GPU: bf16 weights and AdamW states (--param-dtype bfloat16, ~{8 * p:.0f} GB) would fit, but "
-            f"bf16 keeps only 0.4% of AdamW's updates at lr 1e-6 (2.0% at 1e-5; measured on SmolLM2-135M); fp32 "
-            f"master weights with 8-bit AdamW states would still take ~{10 * p:.0f} GB before activations")
+    """The one-GPU way and its price, in numbers (benchmarks/train_step.py lowmem and bf16-updates)."""
+    low = bytes_per_param("bfloat16", "adamw8bit") * p
+    return (f". On one GPU: --param-dtype bfloat16 --optimizer adamw8bit (torchao's 8-bit AdamW: the lowmem extra) "
+            f"takes ~{low:.0f} GB before activations and keeps AdamW's updates in expectation through stochastic "
+            f"rounding (99.9% of 20 steps' update at lr 1e-6 on SmolLM2-135M, with per-weight noise 14x its size; "
+            f"plain bf16 weights keep 0.33%); its GPU speed is not measured yet")
 
 
 def show(rows: list[dict], notes: list[str], console: Console) -> None:
@@ -224,4 +246,4 @@ def show(rows: list[dict], notes: list[str], console: Console) -> None:
     Console(width=max(console.width, 150), file=console.file).print(table)
     console.print(f"total: about {total:,.0f} GPU-hours (H100-class), stages marked complete included")
     for n in notes:
-        console.print(n, soft_wrap=True)
+        console.print(n, soft_wrap=True, markup=False)

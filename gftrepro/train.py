@@ -100,6 +100,9 @@ class TrainConfig:
     param_dtype: str = opt("float32", "dtype of the trained weights, gradients and AdamW states: float32 (master "
                                       "weights; bf16 compute when dtype is bfloat16) or bfloat16 (half the memory, "
                                       "coarser updates; computes in bf16)")
+    optimizer: str = opt("adamw", "adamw (torch) or adamw8bit (torchao: AdamW with 8-bit states; with param_dtype "
+                                  "bfloat16 the weights are rounded stochastically, so updates smaller than half a "
+                                  "bf16 step survive in expectation; one GPU for 7B/8B)", versioned="unless-default")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass", versioned=False)
     fsdp: bool = opt(False, "shard parameters, gradients and optimizer states over the processes (FSDP2); with "
                             "dtype bfloat16: bf16 compute, fp32 master shards", versioned=False)
@@ -144,6 +147,9 @@ class TrainConfig:
                                                           f"'{self.param_dtype}'"),
             (not (self.param_dtype == "bfloat16" and self.dtype == "float32"),
              "param_dtype bfloat16 computes in bf16: set dtype bfloat16 or auto, not float32"),
+            (self.optimizer in OPTIMIZERS, f"unknown optimizer '{self.optimizer}' (known: {', '.join(OPTIMIZERS)})"),
+            (not (self.optimizer == "adamw8bit" and self.fsdp),
+             "optimizer adamw8bit is for one process or DDP (its states are not sharded): drop --fsdp or use adamw"),
             (self.epochs >= 1 or self.max_steps >= 1, "set epochs >= 1 or max_steps >= 1"),
             (0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)"),
         ]
@@ -472,6 +478,32 @@ def mixed_bf16(config: TrainConfig) -> bool:
     return bf16(config) and config.param_dtype == "float32"
 
 
+OPTIMIZERS = ("adamw", "adamw8bit")
+
+
+def make_optimizer(config: TrainConfig, params: Any, fused: bool) -> torch.optim.Optimizer:
+    """torch's AdamW (``fused``: one kernel for every tensor's update, CUDA only), or torchao's AdamW8bit."""
+    betas = (config.adam_beta1, config.adam_beta2)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay,
+                                 **({"fused": True} if fused else {}))
+    AdamW8bit = load_torchao_adamw8bit()
+    # stochastic rounding only acts on bf16 weights; fp32 master weights are updated exactly
+    return AdamW8bit(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay,
+                     bf16_stochastic_round=config.param_dtype == "bfloat16")
+
+
+def load_torchao_adamw8bit() -> type:
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*_stable_hash_for_caching.*")  # its compiled step, every tensor
+    try:
+        from torchao.optim import AdamW8bit
+    except ImportError:
+        raise GftError("optimizer adamw8bit needs torchao: pip install -e '.[lowmem]'") from None
+    return AdamW8bit
+
+
 class Trainer:
     """The parts every training loop shares: the model and optimizer, one optimizer step, the metrics
     line, checkpoints, and the final save. ``run`` (offline) and ``online.run`` drive it."""
@@ -496,9 +528,8 @@ class Trainer:
 
             net.to(accelerator.device)
             self.sharded = fsdp.shard(policy, accelerator.device.type, self.world, mixed_bf16(config))
-        fused = accelerator.device.type == "cuda" and self.sharded is None  # one kernel for every tensor's update
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
-                                      weight_decay=config.weight_decay, **({"fused": True} if fused else {}))
+        optimizer = make_optimizer(config, policy.parameters(), accelerator.device.type == "cuda" and
+                                   self.sharded is None)
         updates = total_steps * config.ppo_epochs
         self.scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * updates), updates)
         if self.sharded is not None:
@@ -574,7 +605,7 @@ class Trainer:
             self.optimizer.step()
         else:  # never apply a non-finite update; count it
             self.skipped += 1
-        sums["lr"], sums["grad_norm"] = self.scheduler.get_last_lr()[0], grad_norm
+        sums["lr"], sums["grad_norm"] = float(self.scheduler.get_last_lr()[0]), grad_norm  # torchao: a tensor
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return sums

@@ -90,3 +90,12 @@ def test_version_hash_ignores_unversioned_fields():
     c = cfg.load(SampleConfig, None, {"temperature": 0.7})
     assert cfg.content_hash(cfg.versioned_dict(a)) == cfg.content_hash(cfg.versioned_dict(b))
     assert cfg.content_hash(cfg.versioned_dict(a)) != cfg.content_hash(cfg.versioned_dict(c))
+
+
+def test_a_setting_added_later_keeps_version_ids_while_at_its_default():
+    """TrainConfig.optimizer came after runs existed: at its default it is not in the hash, set away it is."""
+    base = cfg.versioned_dict(cfg.load(TrainConfig, None, {}))
+    default = cfg.versioned_dict(cfg.load(TrainConfig, None, {"optimizer": "adamw"}))
+    other = cfg.versioned_dict(cfg.load(TrainConfig, None, {"optimizer": "adamw8bit"}))
+    assert "optimizer" not in base and base == default
+    assert other == {**base, "optimizer": "adamw8bit"}

@@ -62,3 +62,14 @@ def test_plan_counts_rounds(tmp_path):
         return float(out.split("total: about ")[1].split(" GPU-hours")[0].replace(",", ""))
 
     assert total(three) > total(one)
+
+
+def test_plan_counts_bytes_per_parameter_of_the_one_gpu_layout(tmp_path):
+    """bf16 weights + torchao's 8-bit AdamW: ~6 bytes a parameter, so a 7B recipe fits one 80 GB GPU."""
+    recipe = (REPO / "stages" / "paper" / "qwen2.5-math-7b" / "gft.yaml").read_text()
+    assert "  fsdp: true\n" in recipe
+    one = recipe.replace("  fsdp: true\n", "  fsdp: false\n  param_dtype: bfloat16\n  optimizer: adamw8bit\n")
+    (tmp_path / "one.yaml").write_text(one)
+    out = gft("plan", "--config", str(tmp_path / "one.yaml"), "--run", str(tmp_path / "run"), check=True).stdout
+    assert "~46 GB of weights, gradients and AdamW states (param_dtype bfloat16, optimizer adamw8bit)" in out
+    assert "fits one 80 GB GPU" in out

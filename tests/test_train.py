@@ -210,6 +210,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(grouped_run, tmp_pat
     (["--method", "gft", "--data", "sft"], "needs groups"),
     (["--param-dtype", "bfloat16", "--dtype", "float32"], "param_dtype bfloat16 computes in bf16"),
     (["--param-dtype", "float16"], "param_dtype must be float32 or bfloat16"),
+    (["--optimizer", "adam"], "unknown optimizer 'adam' (known: adamw, adamw8bit)"),
+    (["--optimizer", "adamw8bit", "--fsdp"], "optimizer adamw8bit is for one process or DDP"),
 ])
 def test_bad_training_input(grouped_run, args, message):
     proc = gft("train", "--run", str(grouped_run), *args)
@@ -245,3 +247,44 @@ def test_bf16_parameters_train_and_save_bf16_weights(grouped_run, tmp_path):
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
     lines = [json.loads(x) for x in (v / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all(math.isfinite(m["loss"]) and m["grad_norm"] > 0 for m in lines)
+
+
+def test_adamw8bit_on_bf16_weights_trains_and_resumes_exactly(grouped_run, student_path, tmp_path):
+    """--optimizer adamw8bit (torchao: 8-bit states; stochastic rounding of the bf16 weights): a SIGKILLed
+    run resumes from its checkpoint (quantized states stored as parts, nothing pickled) bit for bit."""
+    args = ["train", "--method", "gft", "--max-steps", "6", "--batch-size", "4", "--save-every", "2", "--seed", "3",
+            "--param-dtype", "bfloat16", "--optimizer", "adamw8bit", "--lr", "1e-4"]
+    killed, fresh = tmp_path / "killed", tmp_path / "fresh"
+    for run in (killed, fresh):
+        shutil.copytree(grouped_run, run, ignore=shutil.ignore_patterns("train"))
+    kill_midway([*args, "--run", str(killed)], killed, "train/*/checkpoint/trainer_state.json")
+    (v,) = (killed / "train").iterdir()
+    assert not (v / "manifest.json").exists()
+    from safetensors import safe_open
+
+    with safe_open(str(v / "checkpoint" / "optimizer.safetensors"), "pt") as f:
+        codes = [k for k in f.keys() if k.endswith("#codes")]
+        assert codes and all(f.get_tensor(k).dtype == torch.uint8 for k in codes)  # 8-bit states, as parts
+    assert "resuming at step" in gft(*args, "--run", str(killed), check=True).stdout
+    gft(*args, "--run", str(fresh), check=True)
+    (v_fresh,) = (fresh / "train").iterdir()
+    a, b, start = weights(v / "model"), weights(v_fresh / "model"), weights(student_path)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert {t.dtype for t in a.values()} == {torch.bfloat16}
+    assert all(not torch.equal(a[k], start[k].bfloat16()) for k in a)  # every tensor moved
+    lines = [json.loads(x) for x in (v / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == list(range(1, 7)) and all(math.isfinite(m["loss"]) for m in lines)
+
+
+def test_a_tampered_packed_optimizer_state_is_refused(tmp_path):
+    """The checkpoint rebuilds only the quantized state classes it knows: a copied folder cannot name another."""
+    from gftrepro import checkpoint
+
+    (tmp_path / "optimizer.json").write_text(json.dumps({"param_groups": [], "scalars": {
+        "0.exp_avg": {"packed": "os.system", "signed": True, "dtype": "float32"}}}))
+    from safetensors.torch import save_file
+
+    save_file({"0.exp_avg#codes": torch.zeros(4, dtype=torch.uint8)}, str(tmp_path / "optimizer.safetensors"))
+    with pytest.raises(ValueError, match="unknown packed optimizer state 'os.system'"):
+        checkpoint.load_optimizer(tmp_path)
