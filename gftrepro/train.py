@@ -36,6 +36,7 @@ Where this departs from the authors' code:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -150,6 +151,8 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"unknown optimizer '{self.optimizer}' (known: {', '.join(OPTIMIZERS)})"),
             (not (self.optimizer == "adamw8bit" and self.fsdp),
              "optimizer adamw8bit is for one process or DDP (its states are not sharded): drop --fsdp or use adamw"),
+            (self.optimizer != "adamw8bit" or importlib.util.find_spec("torchao") is not None,
+             "optimizer adamw8bit needs torchao: pip install -e '.[lowmem]'"),
             (self.epochs >= 1 or self.max_steps >= 1, "set epochs >= 1 or max_steps >= 1"),
             (0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)"),
         ]
@@ -487,21 +490,14 @@ def make_optimizer(config: TrainConfig, params: Any, fused: bool) -> torch.optim
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay,
                                  **({"fused": True} if fused else {}))
-    AdamW8bit = load_torchao_adamw8bit()
+    import warnings
+
+    from torchao.optim import AdamW8bit  # TrainConfig.validate checked it is installed
+
+    warnings.filterwarnings("ignore", message=".*_stable_hash_for_caching.*")  # its compiled step, every tensor
     # stochastic rounding only acts on bf16 weights; fp32 master weights are updated exactly
     return AdamW8bit(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay,
                      bf16_stochastic_round=config.param_dtype == "bfloat16")
-
-
-def load_torchao_adamw8bit() -> type:
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*_stable_hash_for_caching.*")  # its compiled step, every tensor
-    try:
-        from torchao.optim import AdamW8bit
-    except ImportError:
-        raise GftError("optimizer adamw8bit needs torchao: pip install -e '.[lowmem]'") from None
-    return AdamW8bit
 
 
 class Trainer:
@@ -517,6 +513,10 @@ class Trainer:
         self.world, self.rank, self.main = accelerator.num_processes, accelerator.process_index, \
             accelerator.is_main_process
         self.total_steps = total_steps
+        if self.world > 1 and config.optimizer == "adamw8bit" and config.param_dtype == "bfloat16":
+            raise GftError("optimizer adamw8bit on bf16 weights is for one process: its stochastic rounding draws "
+                           "would differ between processes and their replicas drift apart (use one GPU, or "
+                           "param_dtype float32)")
         torch.manual_seed(config.seed)
         net = load_causal_lm(model.path, model.ref, getattr(torch, config.param_dtype))
         if config.gradient_checkpointing:

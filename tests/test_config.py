@@ -99,3 +99,13 @@ def test_a_setting_added_later_keeps_version_ids_while_at_its_default():
     other = cfg.versioned_dict(cfg.load(TrainConfig, None, {"optimizer": "adamw8bit"}))
     assert "optimizer" not in base and base == default
     assert other == {**base, "optimizer": "adamw8bit"}
+
+
+def test_adamw8bit_without_torchao_is_one_clear_line(monkeypatch):
+    import importlib.util
+
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else find(name, *a))
+    with pytest.raises(GftError, match=r"optimizer adamw8bit needs torchao: pip install -e '\.\[lowmem\]'"):
+        cfg.load(TrainConfig, None, {"optimizer": "adamw8bit"})
+    cfg.load(TrainConfig, None, {"optimizer": "adamw"})  # the default needs nothing more

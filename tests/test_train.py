@@ -277,6 +277,18 @@ def test_adamw8bit_on_bf16_weights_trains_and_resumes_exactly(grouped_run, stude
     assert [m["step"] for m in lines] == list(range(1, 7)) and all(math.isfinite(m["loss"]) for m in lines)
 
 
+def test_adamw8bit_on_bf16_weights_refuses_several_processes(grouped_run, tmp_path):
+    """Each process would draw its own stochastic rounding: DDP replicas would drift apart."""
+    run = tmp_path / "run"
+    shutil.copytree(grouped_run, run, ignore=shutil.ignore_patterns("train"))
+    args = ["train", "--max-steps", "1", "--batch-size", "4", "--param-dtype", "bfloat16", "--optimizer", "adamw8bit"]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+                           "gftrepro.cli", *args, "--run-dir", str(run)], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode != 0 and "adamw8bit on bf16 weights is for one process" in proc.stderr
+    assert not list(run.glob("train/*/manifest.json"))
+
+
 def test_a_tampered_packed_optimizer_state_is_refused(tmp_path):
     """The checkpoint rebuilds only the quantized state classes it knows: a copied folder cannot name another."""
     from gftrepro import checkpoint
