@@ -16,7 +16,9 @@
   Each set-up runs in its own process, ``--rounds`` times in turn (A B C A B C), the median step
   over all rounds after ``--warmup`` steps per process (``--same-process``: the gft set-ups in one
   process, their steps taken in turn: fairer on a noisy CPU); tokens/s counts every token of the batch
-  (prompt and response, as the peer's loss does). ``gft-fused-bf16w-adamw8bit`` is the one-GPU way
+  (prompt and response, as the peer's loss does). ``gft-fused-compiled`` and ``gft-fused-bf16w-compiled``
+  add ``--compile`` (every decoder layer through ``torch.compile``; the first, compiling step is a
+  warm-up). ``gft-fused-bf16w-adamw8bit`` is the one-GPU way
   for 7B/8B (``--param-dtype bfloat16 --optimizer adamw8bit``): ``--model qwen7b`` (Qwen2.5-7B's shape,
   random weights) ``--setups gft-fused-bf16w-adamw8bit --micro 1`` measures it on one GPU.
 - ``lowmem``: what ``--param-dtype`` and ``--optimizer`` cost and keep, on SmolLM2-135M's real
@@ -51,6 +53,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -134,14 +137,26 @@ def overhead(args: argparse.Namespace) -> dict:
     return out
 
 
-STEP_SETUPS = {  # name: (kind, method, fused_loss, param_dtype, compute dtype, optimizer)
-    "gft-fused": ("gft", "gft", True, "float32", "auto", "adamw"),
-    "gft-unfused": ("gft", "gft", False, "float32", "auto", "adamw"),
-    "sft-fused": ("gft", "sft", True, "float32", "auto", "adamw"),
-    "gft-fused-bf16w": ("gft", "gft", True, "bfloat16", "auto", "adamw"),
-    "gft-fused-bf16w-adamw8bit": ("gft", "gft", True, "bfloat16", "auto", "adamw8bit"),  # the one-GPU 7B/8B way
-    "liger-sft-fp32master": ("liger", "sft", True, "float32", "bfloat16", "adamw"),
-    "liger-sft-bf16w": ("liger", "sft", True, "bfloat16", "bfloat16", "adamw"),
+class Setup(NamedTuple):
+    kind: str  # gft (train.Trainer.update) or liger (the peer)
+    method: str
+    fused_loss: bool = True
+    param_dtype: str = "float32"
+    dtype: str = "auto"  # compute dtype
+    optimizer: str = "adamw"
+    compile: bool = False
+
+
+STEP_SETUPS = {
+    "gft-fused": Setup("gft", "gft"),
+    "gft-unfused": Setup("gft", "gft", fused_loss=False),
+    "sft-fused": Setup("gft", "sft"),
+    "gft-fused-bf16w": Setup("gft", "gft", param_dtype="bfloat16"),
+    "gft-fused-compiled": Setup("gft", "gft", compile=True),
+    "gft-fused-bf16w-compiled": Setup("gft", "gft", param_dtype="bfloat16", compile=True),
+    "gft-fused-bf16w-adamw8bit": Setup("gft", "gft", param_dtype="bfloat16", optimizer="adamw8bit"),  # one GPU, 7B
+    "liger-sft-fp32master": Setup("liger", "sft", dtype="bfloat16"),
+    "liger-sft-bf16w": Setup("liger", "sft", param_dtype="bfloat16", dtype="bfloat16"),
 }
 
 
@@ -173,7 +188,8 @@ def model_folder(kind: str, root: Path) -> Path:
 
 def step_setup(name: str, model: str, batch: int, seq: int, micro: int, warmup: int, steps: int, root: str) -> dict:
     """One set-up in this (fresh) process: ``warmup`` + ``steps`` optimizer steps, their median."""
-    kind, method, fused, param_dtype, dtype, optimizer = STEP_SETUPS[name]
+    setup = STEP_SETUPS[name]
+    kind, method, param_dtype = setup.kind, setup.method, setup.param_dtype
     folder = model_folder(model, Path(root))
     cuda = torch.cuda.is_available()
     if kind == "liger" and not cuda:
@@ -191,8 +207,7 @@ def step_setup(name: str, model: str, batch: int, seq: int, micro: int, warmup: 
             times.append(time.perf_counter() - t0)
         net_params = step.params
     else:
-        net_params, times = gft_steps(folder, method, fused, param_dtype, dtype, optimizer, batch, seq, micro,
-                                      warmup + steps)
+        net_params, times = gft_steps(folder, setup, batch, seq, micro, warmup + steps)
     med = statistics.median(times[warmup:])
     out = {"setup": name, "model": model, "batch": batch, "seq": seq, "step_s": med, "tokens_per_s": batch * seq / med,
            "steps_s": [round(t, 4) for t in times[warmup:]], "device": torch.cuda.get_device_name(0) if cuda else "cpu"}
@@ -206,8 +221,7 @@ def step_setup(name: str, model: str, batch: int, seq: int, micro: int, warmup: 
     return out
 
 
-def gft_trainer(folder: Path, method: str, fused: bool, param_dtype: str, dtype: str, optimizer: str, batch: int,
-                seq: int, micro: int, n: int, tmp: str):
+def gft_trainer(folder: Path, setup: Setup, batch: int, seq: int, micro: int, n: int, tmp: str):
     """A ``train.Trainer`` on the synthetic batch and a function running its next optimizer step
     (``Trainer.update``, the step ``gft train`` runs); returns (parameter count, step function)."""
     from rich.console import Console
@@ -216,9 +230,9 @@ def gft_trainer(folder: Path, method: str, fused: bool, param_dtype: str, dtype:
     from gftrepro import store, train
     from gftrepro.models import resolve_model
 
-    config = train.TrainConfig(method=method, fused_loss=fused, param_dtype=param_dtype, dtype=dtype, lr=1e-6,
-                               optimizer=optimizer, batch_size=batch, micro_batch_size=micro, max_length=seq,
-                               save_every=0)
+    config = train.TrainConfig(method=setup.method, fused_loss=setup.fused_loss, param_dtype=setup.param_dtype,
+                               dtype=setup.dtype, optimizer=setup.optimizer, compile=setup.compile, lr=1e-6,
+                               batch_size=batch, micro_batch_size=micro, max_length=seq, save_every=0)
     vdir = store.VersionDir(Path(tmp), "train", "bench")
     trainer = train.Trainer(config, train.make_accelerator(config), vdir, resolve_model(str(folder)),
                             AutoTokenizer.from_pretrained(folder), n, Console(quiet=True))
@@ -237,12 +251,11 @@ def gft_trainer(folder: Path, method: str, fused: bool, param_dtype: str, dtype:
     return sum(p.numel() for p in trainer.net.parameters()), step
 
 
-def gft_steps(folder: Path, method: str, fused: bool, param_dtype: str, dtype: str, optimizer: str, batch: int,
-              seq: int, micro: int, n: int) -> tuple[int, list[float]]:
+def gft_steps(folder: Path, setup: Setup, batch: int, seq: int, micro: int, n: int) -> tuple[int, list[float]]:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        params, step = gft_trainer(folder, method, fused, param_dtype, dtype, optimizer, batch, seq, micro, n, tmp)
+        params, step = gft_trainer(folder, setup, batch, seq, micro, n, tmp)
         return params, [step() for _ in range(n)]
 
 
@@ -256,12 +269,11 @@ def interleaved(args: argparse.Namespace, names: list[str]) -> list[dict]:
         folder = model_folder(args.model, Path(root))
         steps = {}
         for name in names:
-            kind, method, fused, param_dtype, dtype, optimizer = STEP_SETUPS[name]
-            if kind != "gft":
+            if STEP_SETUPS[name].kind != "gft":
                 raise SystemExit(f"--same-process runs gft set-ups only, not {name}")
             (Path(root) / name).mkdir()
-            steps[name] = gft_trainer(folder, method, fused, param_dtype, dtype, optimizer, args.batch, args.seq,
-                                      args.micro, n, str(Path(root) / name))[1]
+            steps[name] = gft_trainer(folder, STEP_SETUPS[name], args.batch, args.seq, args.micro, n,
+                                      str(Path(root) / name))[1]
         times: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(n):
             for name in names:

@@ -105,6 +105,8 @@ class TrainConfig:
                                   "bfloat16 the weights are rounded stochastically, so updates smaller than half a "
                                   "bf16 step survive in expectation; one GPU for 7B/8B)", versioned="unless-default")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass", versioned=False)
+    compile: bool = opt(False, "torch.compile each decoder layer (one graph the layers share: norms, activation and "
+                               "rotary embedding fused; the first step compiles)", versioned=False)
     fsdp: bool = opt(False, "shard parameters, gradients and optimizer states over the processes (FSDP2); with "
                             "dtype bfloat16: bf16 compute, fp32 master shards", versioned=False)
     logprob_chunk: int = opt(512, "tokens per chunk of the LM-head log-softmax", versioned=False)
@@ -151,6 +153,7 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"unknown optimizer '{self.optimizer}' (known: {', '.join(OPTIMIZERS)})"),
             (not (self.optimizer == "adamw8bit" and self.fsdp),
              "optimizer adamw8bit is for one process or DDP (its states are not sharded): drop --fsdp or use adamw"),
+            (not (self.compile and self.fsdp), "compile with fsdp is not supported yet: drop one of them"),
             (self.optimizer != "adamw8bit" or importlib.util.find_spec("torchao") is not None,
              "optimizer adamw8bit needs torchao: pip install -e '.[lowmem]'"),
             (self.epochs >= 1 or self.max_steps >= 1, "set epochs >= 1 or max_steps >= 1"),
@@ -484,6 +487,17 @@ def mixed_bf16(config: TrainConfig) -> bool:
 OPTIMIZERS = ("adamw", "adamw8bit")
 
 
+def compile_layers(net: torch.nn.Module) -> None:
+    """``torch.compile`` every decoder layer in place (regional compilation: the layers run the same code,
+    so they share one compiled graph; parameter names and checkpoints are unchanged). Dynamic shapes, so
+    micro-batches of other lengths do not recompile."""
+    layers = getattr(net.get_decoder(), "layers", None)
+    if layers is None:
+        raise GftError(f"--compile needs a decoder with .layers; {type(net).__name__} has none")
+    for layer in layers:
+        layer.compile(dynamic=True)
+
+
 def make_optimizer(config: TrainConfig, params: Any, fused: bool) -> torch.optim.Optimizer:
     """torch's AdamW (``fused``: one kernel for every tensor's update, CUDA only), or torchao's AdamW8bit."""
     betas = (config.adam_beta1, config.adam_beta2)
@@ -521,6 +535,8 @@ class Trainer:
         net = load_causal_lm(model.path, model.ref, getattr(torch, config.param_dtype))
         if config.gradient_checkpointing:
             net.gradient_checkpointing_enable()
+        if config.compile:
+            compile_layers(net)
         policy = Policy(net, config.logprob_chunk)
         self.sharded = None  # under FSDP: the root unit (the Policy)
         if config.fsdp:

@@ -1,5 +1,6 @@
 """gft train on the embedded default: every method, invariants of the loop, resume, two processes."""
 
+import contextlib
 import json
 import math
 import os
@@ -135,6 +136,40 @@ def test_fused_loss_pass_equals_log_probs_then_loss(grouped_run, student_path, m
         torch.testing.assert_close(fused_grads[name], plain_grads[name], atol=1e-4 * scale, rtol=1e-5)
 
 
+def test_compiled_layers_give_the_same_training_step(grouped_run, student_path):
+    """--compile (every decoder layer through torch.compile, dynamic shapes): micro-batches of different
+    lengths, the same loss, metrics and parameter gradients as eager, and unchanged parameter names."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gftrepro import store
+    from gftrepro.logprobs import Policy
+    from gftrepro.train import compile_layers, read_rows
+
+    tok = AutoTokenizer.from_pretrained(student_path)
+    examples, _ = tokenize(read_rows(store.latest_complete(grouped_run, "build-groups"), "groups")[:8], tok, 512,
+                           "keep")
+    n_tokens = sum(len(e.ids) - e.prompt_len for e in examples)
+    config = TrainConfig(method="gft", logprob_chunk=16)
+    results = []
+    for compiled in (True, False):
+        net = AutoModelForCausalLM.from_pretrained(student_path)
+        names = list(net.state_dict())
+        if compiled:
+            compile_layers(net)
+            assert list(net.state_dict()) == names
+        policy = Policy(net, chunk=16)
+        batches = [collate(examples[k : k + 3], tok.pad_token_id, torch.device("cpu")) for k in range(0, 8, 3)]
+        assert len({b["input_ids"].shape[1] for b in batches}) > 1  # micro-batches of different lengths
+        stats = backward_step(policy, batches, config, n_tokens, 8, 1.0, lambda m: contextlib.nullcontext())
+        results.append((stats, {n: p.grad.clone() for n, p in policy.named_parameters()}))
+    (c_stats, c_grads), (e_stats, e_grads) = results
+    for key in ("loss", "tokens", "entropy", "prob", "rectified"):
+        assert c_stats[key] == pytest.approx(e_stats[key], rel=1e-5, abs=1e-7), key
+    for name in e_grads:  # float32 both ways, kernels fused in another order
+        scale = float(e_grads[name].abs().max())
+        torch.testing.assert_close(c_grads[name], e_grads[name], atol=1e-4 * scale, rtol=1e-5)
+
+
 def test_sigkill_mid_training_then_resume_equals_uninterrupted(grouped_run, tmp_path):
     args = ["train", "--method", "gft", "--max-steps", "8", "--batch-size", "4", "--save-every", "2", "--seed", "7"]
     killed, fresh = tmp_path / "killed", tmp_path / "fresh"
@@ -212,6 +247,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(grouped_run, tmp_pat
     (["--param-dtype", "float16"], "param_dtype must be float32 or bfloat16"),
     (["--optimizer", "adam"], "unknown optimizer 'adam' (known: adamw, adamw8bit)"),
     (["--optimizer", "adamw8bit", "--fsdp"], "optimizer adamw8bit is for one process or DDP"),
+    (["--compile", "--fsdp"], "compile with fsdp is not supported yet"),
 ])
 def test_bad_training_input(grouped_run, args, message):
     proc = gft("train", "--run", str(grouped_run), *args)
