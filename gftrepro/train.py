@@ -546,6 +546,10 @@ class Trainer:
             self.sharded = fsdp.shard(policy, accelerator.device.type, self.world, mixed_bf16(config))
         optimizer = make_optimizer(config, policy.parameters(), accelerator.device.type == "cuda" and
                                    self.sharded is None)
+        if config.param_dtype == "bfloat16" and config.optimizer == "adamw":
+            console.print("  note: bf16 weights with adamw drop every update below half a bf16 step (20 SFT steps "
+                          "at lr 1e-6 on SmolLM2-135M moved the loss 0.4% as far as fp32 weights); "
+                          "--optimizer adamw8bit rounds them stochastically (98.6%)", markup=False)
         updates = total_steps * config.ppo_epochs
         self.scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * updates), updates)
         if self.sharded is not None:

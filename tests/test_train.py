@@ -276,8 +276,9 @@ def test_bf16_parameters_train_and_save_bf16_weights(grouped_run, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(grouped_run, run, ignore=shutil.ignore_patterns("train"))
-    gft("train", "--run", str(run), "--method", "gft", "--max-steps", "2", "--batch-size", "4", "--param-dtype",
-        "bfloat16", check=True)
+    out = gft("train", "--run", str(run), "--method", "gft", "--max-steps", "2", "--batch-size", "4", "--param-dtype",
+              "bfloat16", check=True).stdout
+    assert "note: bf16 weights with adamw drop every update below half a bf16 step" in out
     (v,) = (run / "train").iterdir()
     with safe_open(str(v / "model" / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
@@ -301,7 +302,8 @@ def test_adamw8bit_on_bf16_weights_trains_and_resumes_exactly(grouped_run, stude
     with safe_open(str(v / "checkpoint" / "optimizer.safetensors"), "pt") as f:
         codes = [k for k in f.keys() if k.endswith("#codes")]
         assert codes and all(f.get_tensor(k).dtype == torch.uint8 for k in codes)  # 8-bit states, as parts
-    assert "resuming at step" in gft(*args, "--run", str(killed), check=True).stdout
+    resumed = gft(*args, "--run", str(killed), check=True).stdout
+    assert "resuming at step" in resumed and "note: bf16 weights" not in resumed
     gft(*args, "--run", str(fresh), check=True)
     (v_fresh,) = (fresh / "train").iterdir()
     a, b, start = weights(v / "model"), weights(v_fresh / "model"), weights(student_path)
