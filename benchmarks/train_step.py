@@ -402,6 +402,14 @@ LOWMEM_SETUPS = {  # name: (weights dtype, optimizer): the reference first
 }
 
 
+def setup_optimizer(params, lr: float, param_dtype: str, optimizer: str) -> torch.optim.Optimizer:
+    """The optimizer ``gft train`` builds for these settings (no weight decay, not fused)."""
+    from gftrepro.train import TrainConfig, make_optimizer
+
+    config = TrainConfig(lr=lr, optimizer=optimizer, param_dtype=param_dtype, weight_decay=0.0)
+    return make_optimizer(config, params, fused=False)
+
+
 def lowmem(args: argparse.Namespace) -> list[dict]:
     """``gft train``'s optimizer set-ups (``train.make_optimizer``) on SmolLM2-135M's real weights: the
     same ``--lowmem-steps`` seeded random gradients (each tensor's gradient scaled to its weights' rms)
@@ -414,7 +422,6 @@ def lowmem(args: argparse.Namespace) -> list[dict]:
     from transformers import AutoModelForCausalLM
 
     from gftrepro.models import resolve_model
-    from gftrepro.train import TrainConfig, make_optimizer
 
     path = resolve_model("smollm2:135m-instruct").path
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -426,8 +433,7 @@ def lowmem(args: argparse.Namespace) -> list[dict]:
         for name, (dtype, optimizer) in LOWMEM_SETUPS.items():
             params = [torch.nn.Parameter(start[n].to(getattr(torch, dtype)).clone()) for n in names]
             first = [p.detach().to(torch.float32, copy=True) for p in params]  # its own (rounded) start
-            opt = make_optimizer(TrainConfig(lr=lr, optimizer=optimizer, param_dtype=dtype, weight_decay=0.0),
-                                 params, fused=False)
+            opt = setup_optimizer(params, lr, dtype, optimizer)
             g = torch.Generator().manual_seed(0)
             times = []
             for _ in range(args.lowmem_steps):
@@ -463,7 +469,6 @@ def lowmem_train(args: argparse.Namespace) -> list[dict]:
     from gftrepro.logprobs import Policy
     from gftrepro.losses import TokenObjective
     from gftrepro.models import resolve_model
-    from gftrepro.train import TrainConfig, make_optimizer
 
     path = resolve_model("smollm2:135m-instruct").path
     tok = AutoTokenizer.from_pretrained(path)
@@ -484,8 +489,7 @@ def lowmem_train(args: argparse.Namespace) -> list[dict]:
                 continue
             torch.manual_seed(0)
             policy = Policy(AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)))
-            opt = make_optimizer(TrainConfig(lr=lr, optimizer=optimizer, param_dtype=dtype, weight_decay=0.0),
-                                 policy.parameters(), fused=False)
+            opt = setup_optimizer(policy.parameters(), lr, dtype, optimizer)
             objective = TokenObjective.build(response, None, method="sft")
             losses = []
             for step in range(args.lowmem_steps + 1):

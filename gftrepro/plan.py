@@ -224,7 +224,7 @@ def memory_note(model: str, a: Assumptions, train: Any = None, gpus: int = 0) ->
 
 
 def one_gpu_note(p: float, a: Assumptions) -> str:
-    """The one-GPU way and its price, in numbers (benchmarks/train_step.py lowmem and bf16-updates)."""
+    """The one-GPU way and its price, in numbers (benchmarks/train_step.py lowmem and lowmem-train)."""
     low = bytes_per_param("bfloat16", "adamw8bit") * p
     return (f". On one GPU: --param-dtype bfloat16 --optimizer adamw8bit (torchao's 8-bit AdamW: the lowmem extra) "
             f"takes ~{low:.0f} GB before activations and keeps AdamW's updates in expectation through stochastic "
