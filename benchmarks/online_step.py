@@ -4,7 +4,7 @@
 
 Both sides: the committed tiny student, the same prompts (the bundled train split, chat template
 and system prompt as the pipeline formats them), K samples per prompt at temperature 1, the same
-binary reward (``gftrepro.verify.score``), lr 1e-4, no KL, one update per batch of rollouts, CPU.
+binary reward (``gftrepro.answers.score``), lr 1e-4, no KL, one update per batch of rollouts, CPU.
 Ours runs ``gft train --method grpo`` (hf backend in-process, rewards in the deadline pool); the
 peer is TRL's ``GRPOTrainer`` (transformers generation, reward function in-process). Reported:
 the median step time over the steps after the first (warm-up), and ours broken down. TRL's step
@@ -24,18 +24,18 @@ from pathlib import Path
 
 
 def prepare(run: Path, prompts: int) -> None:
-    from gftrepro import sample, verify_stage
+    from gftrepro import sample, verify
     from gftrepro.sample import SELF_DEFAULTS, SampleConfig
-    from gftrepro.verify_stage import VerifyConfig
+    from gftrepro.verify import VerifyConfig
 
     sample.run(SampleConfig(limit=prompts, n=1, max_new_tokens=16), run, "teacher")  # problems + gold answers
     sample.run(SampleConfig(**{**SELF_DEFAULTS, "n": 1}, limit=prompts, max_new_tokens=16), run, "self")
-    verify_stage.run(VerifyConfig(), run)
+    verify.run(VerifyConfig(), run)
 
 
 def ours(run: Path, args) -> dict:
     from gftrepro import train
-    from gftrepro.train import TrainConfig
+    from gftrepro.engine.config import TrainConfig
 
     config = TrainConfig(method="grpo", max_steps=args.steps, prompts_per_step=args.prompts_per_step,
                          self_k=args.k, rollout_max_new_tokens=args.max_new_tokens, lr=1e-4, save_every=0,
@@ -55,9 +55,10 @@ def trl_peer(run: Path, args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from gftrepro.models import QWEN_MATH_COT, resolve_model
+    from gftrepro.answers import score
+    from gftrepro.models import resolve_model
     from gftrepro.problems import load_problems
-    from gftrepro.verify import score
+    from gftrepro.prompts import QWEN_MATH_COT
 
     model = resolve_model("testbed:student")
     problems = load_problems("testbed", "train", "problem", "solution", "answer", args.prompts_per_step * args.steps)

@@ -15,10 +15,10 @@ import os
 import platform
 import time
 
-from gftrepro.backends import Request, SamplingParams
-from gftrepro.models import QWEN_MATH_COT, format_prompt, load_tokenizer, resolve_model, stop_token_ids
+from gftrepro.backends import Request, SamplingParams, sample_seed
+from gftrepro.models import load_tokenizer, resolve_model, stop_token_ids
 from gftrepro.problems import load_problems
-from gftrepro.sample import sample_seed
+from gftrepro.prompts import QWEN_MATH_COT, format_prompt
 
 
 def measure(backend, requests, params) -> tuple[float, int]:

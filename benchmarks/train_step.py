@@ -8,7 +8,7 @@
     python benchmarks/train_step.py lowmem-train [--lrs 1e-6] [--lowmem-steps 20]
     python benchmarks/train_step.py all                          # every part with its defaults
 
-- ``step``: the real optimizer step of ``gft train`` (``train.Trainer.update``: micro-batches,
+- ``step``: the real optimizer step of ``gft train`` (``engine.trainer.Trainer.update``: micro-batches,
   loss, backward, gradient clipping, AdamW, scheduler, metrics) on one synthetic batch, for set-ups
   side by side: the fused loss pass (default) vs ``--no-fused-loss``, fp32 master weights vs
   ``--param-dtype bfloat16``, and on a GPU with ``liger-kernel`` installed (``pip install
@@ -142,7 +142,7 @@ def overhead(args: argparse.Namespace) -> dict:
 
 
 class Setup(NamedTuple):
-    kind: str  # gft (train.Trainer.update) or liger (the peer)
+    kind: str  # gft (Trainer.update) or liger (the peer)
     method: str
     fused_loss: bool = True
     param_dtype: str = "float32"
@@ -226,22 +226,25 @@ def step_setup(name: str, model: str, batch: int, seq: int, micro: int, warmup: 
 
 
 def gft_trainer(folder: Path, setup: Setup, batch: int, seq: int, micro: int, n: int, tmp: str):
-    """A ``train.Trainer`` on the synthetic batch and a function running its next optimizer step
+    """A ``Trainer`` on the synthetic batch and a function running its next optimizer step
     (``Trainer.update``, the step ``gft train`` runs); returns (parameter count, step function)."""
     from rich.console import Console
     from transformers import AutoTokenizer
 
-    from gftrepro import store, train
+    from gftrepro import store
+    from gftrepro.engine.batches import Example
+    from gftrepro.engine.config import TrainConfig
+    from gftrepro.engine.trainer import Trainer, make_accelerator
     from gftrepro.models import resolve_model
 
-    config = train.TrainConfig(method=setup.method, fused_loss=setup.fused_loss, param_dtype=setup.param_dtype,
-                               dtype=setup.dtype, optimizer=setup.optimizer, compile=setup.compile, lr=1e-6,
-                               batch_size=batch, micro_batch_size=micro, max_length=seq, save_every=0)
+    config = TrainConfig(method=setup.method, fused_loss=setup.fused_loss, param_dtype=setup.param_dtype,
+                         dtype=setup.dtype, optimizer=setup.optimizer, compile=setup.compile, lr=1e-6,
+                         batch_size=batch, micro_batch_size=micro, max_length=seq, save_every=0)
     vdir = store.VersionDir(Path(tmp), "train", "bench")
-    trainer = train.Trainer(config, train.make_accelerator(config), vdir, resolve_model(str(folder)),
-                            AutoTokenizer.from_pretrained(folder), n, Console(quiet=True))
+    trainer = Trainer(config, make_accelerator(config), vdir, resolve_model(str(folder)),
+                      AutoTokenizer.from_pretrained(folder), n, Console(quiet=True))
     ids, _, adv = synthetic_batch(trainer.net.config.vocab_size, batch, seq)
-    examples = [train.Example(ids[i].tolist(), seq // 4, float(adv[i]), "self", i // 4) for i in range(batch)]
+    examples = [Example(ids[i].tolist(), seq // 4, float(adv[i]), "self", i // 4) for i in range(batch)]
     counter = iter(range(n))
 
     def step() -> float:
@@ -404,14 +407,15 @@ LOWMEM_SETUPS = {  # name: (weights dtype, optimizer): the reference first
 
 def setup_optimizer(params, lr: float, param_dtype: str, optimizer: str) -> torch.optim.Optimizer:
     """The optimizer ``gft train`` builds for these settings (no weight decay, not fused)."""
-    from gftrepro.train import TrainConfig, make_optimizer
+    from gftrepro.engine.config import TrainConfig
+    from gftrepro.engine.trainer import make_optimizer
 
     config = TrainConfig(lr=lr, optimizer=optimizer, param_dtype=param_dtype, weight_decay=0.0)
     return make_optimizer(config, params, fused=False)
 
 
 def lowmem(args: argparse.Namespace) -> list[dict]:
-    """``gft train``'s optimizer set-ups (``train.make_optimizer``) on SmolLM2-135M's real weights: the
+    """``gft train``'s optimizer set-ups (``engine.trainer.make_optimizer``) on SmolLM2-135M's real weights: the
     same ``--lowmem-steps`` seeded random gradients (each tensor's gradient scaled to its weights' rms)
     at each lr. Per set-up, against the summed update of fp32 weights + torch AdamW (``reference``): the
     share of it kept (the projection <delta, ref> / <ref, ref>: 1 = unbiased, 0 = lost to rounding), the

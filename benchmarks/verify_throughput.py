@@ -18,9 +18,8 @@ import platform
 import random
 import time
 
-from gftrepro.pool import DeadlinePool
-from gftrepro.verify import judge
-from gftrepro.verify_stage import Scorer, VerifyConfig
+from gftrepro.scoring import Scorer, judge_pool
+from gftrepro.verify import VerifyConfig
 
 COT = ("Let us think step by step. We first rewrite the expression and collect the terms; "
        "then we simplify each factor and check the result against the constraints.\n")
@@ -87,8 +86,8 @@ def main() -> None:
     rates = {}
     for workers in (1, 2):
         config = VerifyConfig(workers=workers)
-        with DeadlinePool(judge, workers, config.timeout, preload=["math_verify", "gftrepro.verify"]) as pool:
-            scorer = Scorer(config, pool)
+        with judge_pool(workers, config.timeout) as pool:
+            scorer = Scorer(config.fallbacks, pool)
             scorer.score_all(texts[:20], golds[:20])  # warm the workers' imports (not the measured pairs)
             scorer.cache.clear()
             for label, (t, g) in ((f"{workers} worker(s), cold", (texts, golds)),

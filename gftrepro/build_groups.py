@@ -34,9 +34,7 @@ Where this departs from the paper / the authors' code:
 
 from __future__ import annotations
 
-import hashlib
 import math
-import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,12 +47,21 @@ from rich.console import Console
 from gftrepro import schema, store
 from gftrepro.config import opt
 from gftrepro.errors import GftError
-from gftrepro.models import ModelRef, format_prompt, load_tokenizer, resolve_model
+from gftrepro.groups import (
+    FILLS,
+    STD_MODES,
+    Candidates,
+    candidate_pools,
+    compose,
+    group_advantages,
+    load_completions,
+    load_rewards,
+    read_inputs,
+    student_settings,
+)
+from gftrepro.models import ModelRef, load_tokenizer, resolve_model
+from gftrepro.prompts import format_prompt
 from gftrepro.stage import already_done, done_line, open_stage, writing
-
-STD_MODES = ("unbiased", "population", "none")
-FILLS = ("teacher", "repeat")
-UNUSABLE = ("error", "timeout")
 
 
 @dataclass(frozen=True)
@@ -93,139 +100,28 @@ class BuildGroupsConfig:
             raise GftError("groups_per_shard must be at least 1")
 
 
-# ---------------------------------------------------------------- pure helpers
 
 
-def group_advantages(rewards: np.ndarray, std: str = "unbiased", eps: float = 1e-6) -> np.ndarray:
-    """A_k = (R_k - mean R) / (std R + eps) for one group; all-equal rewards (or K = 1) give zeros.
-
-    ``std``: ``unbiased`` (Bessel, n - 1: the authors' code), ``population`` (n: TRL), ``none``
-    (mean-centring only).
-    """
-    r = np.asarray(rewards, dtype=np.float64)
-    if r.size < 2 or np.all(r == r[0]):
-        return np.zeros_like(r)
-    centred = r - r.mean()
-    if std == "none":
-        return centred
-    return centred / (r.std(ddof=1 if std == "unbiased" else 0) + eps)
 
 
-def choose(candidates: list[dict], count: int, seed: int, prompt_id: str, source: str) -> list[dict]:
-    """``count`` of ``candidates`` (sorted by sample_idx), a seeded choice when there are more."""
-    ordered = sorted(candidates, key=lambda c: c["sample_idx"])
-    if len(ordered) <= count:
-        return ordered
-    digest = hashlib.sha256(f"{seed}:{prompt_id}:{source}".encode()).digest()
-    picked = random.Random(int.from_bytes(digest[:8], "little")).sample(range(len(ordered)), count)
-    return [ordered[i] for i in sorted(picked)]
 
 
-@dataclass
-class Pools:
-    """Usable candidates of one prompt, by source (rows: sample_idx, completion, reward, ...)."""
-
-    expert: list[dict]
-    teacher: list[dict]
-    self: list[dict]
 
 
-def compose(pools: Pools, config: BuildGroupsConfig, prompt_id: str) -> tuple[list[dict] | None, str, Counter]:
-    """The K responses of one group, or None with the reason it cannot be filled; plus fill counts."""
-    fills: Counter = Counter()
-    teacher = choose(pools.teacher, config.n_teacher, config.seed, prompt_id, "teacher")
-    if len(teacher) < config.n_teacher:
-        return None, "too few teacher completions", fills
-    selfs = choose(pools.self, config.n_self, config.seed, prompt_id, "self")
-    if len(selfs) < config.n_self:
-        return None, "too few self completions", fills
-    experts = choose(pools.expert, config.n_expert, config.seed, prompt_id, "expert")
-    missing = config.n_expert - len(experts)
-    for how in config.expert_fill:
-        if missing <= 0:
-            break
-        if how == "teacher":
-            taken = {c["sample_idx"] for c in teacher}
-            spare = [c for c in pools.teacher if c["reward"] == 1.0 and c["sample_idx"] not in taken]
-            extra = choose(spare, missing, config.seed, prompt_id, "teacher-fill")
-        else:  # repeat
-            extra = [experts[i % len(experts)] for i in range(missing)] if experts else []
-        experts, missing = experts + extra, missing - len(extra)
-        fills[how] += len(extra)
-    if missing > 0:
-        return None, "too few expert solutions", Counter()
-    return experts + teacher + selfs, "", fills
 
 
-# ---------------------------------------------------------------- I/O
 
 
-def read_inputs(config: BuildGroupsConfig, run_dir: Path) -> tuple[store.VersionDir, dict[str, store.VersionDir]]:
-    verify = store.chosen_version(run_dir, "verify", config.verify_version)
-    sampled = {}
-    for stage, version in verify.read_manifest()["inputs"].items():
-        sampled[stage.removeprefix("sample-")] = store.chosen_version(run_dir, stage, version)
-    return verify, sampled
 
 
-def load_rewards(verify: store.VersionDir) -> list[dict]:
-    rows = []
-    for path in verify.shard_paths():
-        rows.extend(pq.read_table(path).to_pylist())
-    for r in rows:
-        if r["reward"] is None or not math.isfinite(r["reward"]) or not 0.0 <= r["reward"] <= 1.0:
-            raise GftError(f"reward {r['reward']} of {r['source']} sample {r['sample_idx']} of prompt {r['prompt_id']} "
-                           f"in {verify.path} is not a number in [0, 1]")
-    return rows
 
 
-def load_completions(sampled: dict[str, store.VersionDir]) -> dict[tuple[str, str, int], dict]:
-    out = {}
-    for source, vdir in sampled.items():
-        for path in vdir.shard_paths():
-            cols = ["prompt_id", "sample_idx", "completion", "finish_reason", "logprobs"]
-            for row in pq.read_table(path, columns=cols).to_pylist():
-                out[(source, row["prompt_id"], row["sample_idx"])] = row
-    return out
-
-
-def student_settings(config: BuildGroupsConfig, sampled: dict[str, store.VersionDir]) -> tuple[str, str, str]:
-    """(model ref, system prompt, prompt template) the training rows are formatted with."""
-    source = sampled.get("self") or next(iter(sampled.values()))
-    sample_cfg = source.read_manifest()["config"]
-    model = config.model or (sampled["self"].read_manifest()["config"]["model"] if "self" in sampled else "")
-    if not model:
-        raise GftError("no sample-self stage to take the student from: pass --model (the model you will train)")
-    return model, sample_cfg["system_prompt"], sample_cfg["prompt_template"]
-
-
-def candidate_pools(rewards: list[dict], completions: dict, problems: dict[str, dict], eos: str,
-                    excluded: Counter) -> dict[str, Pools]:
-    pools: dict[str, Pools] = {}
-    for r in rewards:
-        if r["status"] in UNUSABLE:
-            excluded[f"{r['source']} {r['status']}"] += 1
-            continue
-        pid, source = r["prompt_id"], r["source"]
-        if source == "expert":
-            text, logprobs = problems[pid]["solution"] + eos, None
-        else:
-            c = completions.get((source, pid, r["sample_idx"]))
-            if c is None:
-                raise GftError(f"reward for {source} sample {r['sample_idx']} of prompt {pid} matches no completion "
-                               "(were the sampling folders changed after verify?)")
-            stopped = source == "teacher" or c["finish_reason"] == "stop"
-            text, logprobs = c["completion"] + (eos if stopped else ""), c["logprobs"]
-        pool = pools.setdefault(pid, Pools([], [], []))
-        getattr(pool, source).append({"sample_idx": r["sample_idx"], "completion": text, "reward": r["reward"],
-                                      "logprobs": logprobs, "source": source})
-    return pools
 
 
 def run(config: BuildGroupsConfig, run_dir: Path, console: Console | None = None) -> dict:
     console = console or Console()
-    verify, sampled = read_inputs(config, run_dir)
-    model_ref, system_prompt, template = student_settings(config, sampled)
+    verify, sampled = read_inputs(run_dir, config.verify_version)
+    model_ref, system_prompt, template = student_settings(sampled, config.model)
     model = resolve_model(model_ref)
     inputs = {"verify": verify.version, "student": {"ref": model.ref, "fingerprint": model.fingerprint}}
     vdir = open_stage(run_dir, "build-groups", config, inputs, console)
@@ -261,7 +157,7 @@ def write_version(config: BuildGroupsConfig, vdir: store.VersionDir, verify: sto
     return manifest
 
 
-def build_all(config: BuildGroupsConfig, pools: dict[str, Pools]) -> tuple[list[tuple[str, list[dict]]], dict]:
+def build_all(config: BuildGroupsConfig, pools: dict[str, Candidates]) -> tuple[list[tuple[str, list[dict]]], dict]:
     """Compose, score and filter every prompt's group; return the groups and the counts."""
     dropped, zero, fills = Counter(), Counter(), Counter()
     groups: list[tuple[str, list[dict]]] = []
@@ -324,7 +220,7 @@ def write_groups(vdir: store.VersionDir, groups: list[tuple[str, list[dict]]], p
         store.write_table(vdir.shard_path(k, count), rows_table(rows))
 
 
-def write_single(path: Path, pools: dict[str, Pools], prompts: dict, problems: dict, with_teacher: bool) -> None:
+def write_single(path: Path, pools: dict[str, Candidates], prompts: dict, problems: dict, with_teacher: bool) -> None:
     """Single-trajectory training set: each row its own group, advantage 1 (SFT / DFT ignore it)."""
     if store.readable_parquet(path):
         return

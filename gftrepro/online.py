@@ -7,12 +7,12 @@ Every optimizer step, top to bottom (``run``):
 2. **sample**: ``self_k`` completions per prompt from the *current* weights, through the same
    backends as the sampling stages (hf in-process; vLLM colocated), each seeded by
    (seed, step, prompt_id, sample_idx);
-3. **reward**: ``gftrepro.verify`` extraction + math-verify in the deadline pool (``Scorer``, the
+3. **reward**: ``gftrepro.answers`` extraction + math-verify in the deadline pool (``Scorer``, the
    verify stage's own), verdicts cached across steps;
 4. **group**: that prompt's expert and teacher responses (chosen once, as build-groups chooses
    them, from the verify version's rewards) + the self samples; advantages by
-   ``build_groups.group_advantages``, the very function build-groups uses;
-5. **update**: the method's loss (``losses.token_loss``) through the shared ``train.Trainer``:
+   ``groups.group_advantages``, the very function build-groups uses;
+5. **update**: the method's loss (``losses.token_loss``) through the shared ``engine.trainer.Trainer``:
    global token-mean over all processes, gradient clipping, AdamW, cosine schedule;
 6. **sync**: the new weights go into the sampler (``Backend.load_weights``).
 
@@ -32,7 +32,6 @@ Where this departs from the authors' code:
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 from collections import Counter
@@ -46,28 +45,23 @@ import pyarrow as pa
 import torch
 from rich.console import Console
 
-from gftrepro import build_groups, methods, schema, store
-from gftrepro.backends import GenerationOptions, Request, Sample, SamplingParams, make_backend
-from gftrepro.build_groups import BuildGroupsConfig, Pools
+from gftrepro import groups, methods, schema, store
+from gftrepro.answers import judge
+from gftrepro.backends import GenerationOptions, Request, Sample, SamplingParams, make_backend, rollout_seed
+from gftrepro.engine.batches import Example, tokenize
+from gftrepro.engine.config import TrainConfig
+from gftrepro.engine.state import summary_line
+from gftrepro.engine.trainer import Trainer, make_accelerator, start_model, writing_version
 from gftrepro.errors import GftError
-from gftrepro.models import ModelRef, format_prompt, load_tokenizer, stop_token_ids
+from gftrepro.groups import Candidates, GroupSpec
+from gftrepro.models import ModelRef, load_tokenizer, stop_token_ids
 from gftrepro.pool import DeadlinePool
+from gftrepro.prompts import format_prompt
 from gftrepro.stage import already_done, open_stage, verbose
-from gftrepro.train import (
-    Example,
-    TrainConfig,
-    Trainer,
-    make_accelerator,
-    start_model,
-    summary_line,
-    tokenize,
-    writing_version,
-)
-from gftrepro.verify import judge
-from gftrepro.verify_stage import Scorer, VerifyConfig, gold_map
+from gftrepro.verify import Scorer, VerifyConfig, gold_map
 
 ROLLOUTS = pa.schema(list(schema.GROUPS) + [pa.field("step", pa.int64())])
-UNUSABLE = build_groups.UNUSABLE
+UNUSABLE = groups.UNUSABLE
 
 
 @dataclass(frozen=True)
@@ -82,32 +76,31 @@ class Prompt:
     demos: list[dict]  # expert + teacher members, each with completion, reward, source, sample_idx
 
 
-def group_config(config: TrainConfig, model: ModelRef) -> BuildGroupsConfig:
+def group_spec(config: TrainConfig) -> GroupSpec:
     expert, teacher, own = config.group
-    return BuildGroupsConfig(n_expert=expert, n_teacher=teacher, n_self=own, std=config.adv_std, eps=config.adv_eps,
-                             seed=config.seed, verify_version=config.verify_version, model=model.ref)
+    return GroupSpec(n_expert=expert, n_teacher=teacher, n_self=own, seed=config.seed)
 
 
 def load_prompts(config: TrainConfig, run_dir: Path, model: ModelRef, tokenizer: Any
                  ) -> tuple[store.VersionDir, list[Prompt], Counter, dict]:
     """The verify version, every prompt whose group can be completed, the dropped counts, and the
     sampling settings (system prompt, template) the student's prompts are formatted with."""
-    bgc = group_config(config, model)
-    verify, sampled = build_groups.read_inputs(bgc, run_dir)
-    _, system_prompt, template = build_groups.student_settings(bgc, sampled)
+    bgc = group_spec(config)
+    verify, sampled = groups.read_inputs(run_dir, config.verify_version)
+    _, system_prompt, template = groups.student_settings(sampled, model.ref)
     gold, problems_table = gold_map(sampled)
     problems: dict[str, dict] = {}
     for row in problems_table.to_pylist():
         problems.setdefault(row["prompt_id"], row)
     excluded: Counter = Counter()
-    pools = build_groups.candidate_pools(build_groups.load_rewards(verify), build_groups.load_completions(sampled),
+    pools = groups.candidate_pools(groups.load_rewards(verify), groups.load_completions(sampled),
                                          problems, tokenizer.eos_token, excluded)
     placeholders = [{"sample_idx": j, "reward": 0.0} for j in range(bgc.n_self)]
     dropped: Counter = Counter()
     prompts = []
     for pid in sorted(problems):
-        pool = pools.get(pid, Pools([], [], []))
-        members, reason, _ = build_groups.compose(Pools(pool.expert, pool.teacher, placeholders), bgc, pid)
+        pool = pools.get(pid, Candidates([], [], []))
+        members, reason, _ = groups.compose(Candidates(pool.expert, pool.teacher, placeholders), bgc, pid)
         if members is None:
             dropped[reason] += 1
             continue
@@ -145,11 +138,6 @@ def prompt_schedule(count: int, config: TrainConfig, world: int) -> list[list[in
     return steps[: config.max_steps] if config.max_steps else steps
 
 
-def rollout_seed(seed: int, step: int, pid: str, sample_idx: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{step}:{pid}:{sample_idx}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
 def self_member(sample: Sample, idx: int, reward: float, eos: str) -> dict:
     stopped = sample.finish_reason == "stop"
     return {"sample_idx": idx, "completion": sample.text + (eos if stopped else ""), "reward": reward,
@@ -162,7 +150,7 @@ def make_group(prompt: Prompt, selfs: list[dict], config: TrainConfig, counts: C
     rewards = np.array([m["reward"] for m in members])
     if methods.get(config.method).reward_weighted:
         return [{**m, "advantage": 1.0} for m in members if m["reward"] == 1.0]
-    advantages = build_groups.group_advantages(rewards, config.adv_std, config.adv_eps)
+    advantages = groups.group_advantages(rewards, config.adv_std, config.adv_eps)
     if np.all(rewards == rewards[0]):
         counts["zero_variance_groups"] += 1
     return [{**m, "advantage": float(a)} for m, a in zip(members, advantages, strict=True)]
@@ -233,8 +221,8 @@ def run(config: TrainConfig, run_dir: Path, console: Console | None = None) -> d
     console = console or Console(quiet=not main)
     default_model = ""
     if not config.init and not config.model:  # the student sample-self used, as build-groups finds it
-        _, sampled = build_groups.read_inputs(BuildGroupsConfig(verify_version=config.verify_version), run_dir)
-        default_model = build_groups.student_settings(BuildGroupsConfig(), sampled)[0]
+        _, sampled = groups.read_inputs(run_dir, config.verify_version)
+        default_model = groups.student_settings(sampled)[0]
     model = start_model(config, run_dir, default_model)
     tokenizer = load_tokenizer(model)
     verify, prompts, dropped, settings = load_prompts(config, run_dir, model, tokenizer)
@@ -260,7 +248,7 @@ def run(config: TrainConfig, run_dir: Path, console: Console | None = None) -> d
             stack.callback(sampler.close)
             sampler.load_weights(trainer.full_weights().items())  # the resumed weights, if resuming
             pool = stack.enter_context(DeadlinePool(judge, vcfg.workers, vcfg.timeout,
-                                                    preload=["math_verify", "gftrepro.verify"]))
+                                                    preload=["math_verify", "gftrepro.answers"]))
             scorer = Scorer(vcfg, pool)
             bar = stack.enter_context(trainer.progress())
             task = bar.add_task("train", total=len(steps), completed=trainer.start, info="")

@@ -46,13 +46,14 @@ from rich.table import Table
 from gftrepro import config as cfg
 from gftrepro.build_groups import BuildGroupsConfig
 from gftrepro.config import opt
+from gftrepro.engine.config import TrainConfig
+from gftrepro.engine.state import metric_lines
 from gftrepro.errors import GftError
 from gftrepro.evaluate import EvalConfig
 from gftrepro.methods import REGISTRY
 from gftrepro.sample import SELF_DEFAULTS, SampleConfig
 from gftrepro.store import atomic_write_bytes
-from gftrepro.train import TrainConfig
-from gftrepro.verify_stage import VerifyConfig
+from gftrepro.verify import VerifyConfig
 
 SECTIONS: dict[str, tuple[type, dict[str, Any]]] = {
     "sample-teacher": (SampleConfig, {}),
@@ -171,11 +172,11 @@ def make_groups(stages: dict[str, Any], run_dir: Path, teacher_version: str, sam
                 console: Console) -> dict:
     """Self samples from ``sampler`` (the base student, or a checkpoint in later rounds), their rewards,
     and the groups, each stage reading exactly the versions made here."""
-    from gftrepro import build_groups, sample, verify_stage
+    from gftrepro import build_groups, sample, verify
 
     own = sample.run(dataclasses.replace(stages["sample-self"], model=sampler), run_dir, "self", console)
-    verified = verify_stage.run(dataclasses.replace(stages["verify"], teacher_version=teacher_version,
-                                                    self_version=own["version"]), run_dir, console)
+    verified = verify.run(dataclasses.replace(stages["verify"], teacher_version=teacher_version,
+                                              self_version=own["version"]), run_dir, console)
     return build_groups.run(dataclasses.replace(stages["build-groups"], verify_version=verified["version"],
                                                 model=student), run_dir, console)
 
@@ -223,7 +224,7 @@ def train_method(stages: dict[str, Any], run_dir: Path, method: str, seed: int, 
                                online=bool(verify_version), verify_version=verify_version)
     manifest = train.run(tcfg, run_dir, console)
     model_dir = run_dir / "train" / manifest["version"] / "model"
-    return model_dir, train.metric_lines(model_dir.parent / "metrics.jsonl")
+    return model_dir, metric_lines(model_dir.parent / "metrics.jsonl")
 
 
 FORGETTING = ("testbed-probe", "mawps", "svamp", "mmlu_stem")  # probes of prior skills (paper Table 3)

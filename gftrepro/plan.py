@@ -112,7 +112,7 @@ def plan_rows(run: Any, stages: dict[str, Any], run_dir: Path, a: Assumptions) -
             if not online and run.rounds > 1 and REGISTRY[method].rounds:
                 rows.append(rounds_row(rows[-1], method, run.rounds, ss, a, p))
     e = stages["eval"]
-    from gftrepro.benchmarks import resolve_names
+    from gftrepro.evalsets import resolve_names
 
     names = [b.name for b in resolve_names(e.benchmarks)]
     problems = sum(BENCH_SIZES.get(n, 0) for n in names)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from gftrepro.models import QWEN_MATH_COT
+from gftrepro.prompts import QWEN_MATH_COT
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ Where this departs from the paper's setup:
 
 from __future__ import annotations
 
-import hashlib
 import time
 from contextlib import closing
 from dataclasses import dataclass
@@ -34,10 +33,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from gftrepro import schema, store
-from gftrepro.backends import GenerationOptions, Request, SamplingParams, make_backend
+from gftrepro.backends import GenerationOptions, Request, SamplingParams, make_backend, sample_seed
 from gftrepro.config import opt, require
-from gftrepro.models import ModelRef, format_prompt, load_tokenizer, resolve_model, stop_token_ids
+from gftrepro.models import ModelRef, load_tokenizer, resolve_model, stop_token_ids
 from gftrepro.problems import Problems, load_problems
+from gftrepro.prompts import format_prompt
 from gftrepro.stage import already_done, done_line, open_stage, writing
 
 
@@ -71,11 +71,6 @@ class SampleConfig(GenerationOptions):
 
 
 SELF_DEFAULTS = {"model": "testbed:student", "n": 4}
-
-
-def sample_seed(base: int, prompt_id: str, sample_idx: int) -> int:
-    digest = hashlib.sha256(f"{base}:{prompt_id}:{sample_idx}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")  # < 2**32: valid for torch and vLLM
 
 
 def shard_range(k: int, shard_size: int, num_problems: int) -> range:

@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from gftrepro import config as cfg
-from gftrepro import store
+from gftrepro import locks, store
 
 
 def open_stage(run_dir: Path, stage: str, config: Any, inputs: dict[str, Any], console: Console) -> store.VersionDir:
@@ -66,7 +66,7 @@ def done_line(console: Console, text: str, status: str = "done") -> None:
 def writing(vdir: store.VersionDir, console: Console, part: str = "") -> Iterator[None]:
     """Hold the version's writer lock; first remove what is damaged (said on the console), so the stage
     redoes only that."""
-    with store.writer_lock(vdir, part):
+    with locks.writer_lock(vdir, part):
         for said in vdir.repair():
             console.print(f"  [yellow]{said}[/]", highlight=False)
         yield

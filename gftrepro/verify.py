@@ -1,185 +1,205 @@
-"""The verifier: ``score(completion, gold) -> Verdict``, rule-based and binary, as the paper's reward.
+"""Stage ``verify``: a reward for every completion (and every expert solution) of a run.
 
-Two steps:
+Reads: the latest complete ``sample-teacher`` and ``sample-self`` versions of the run (or the
+versions named with ``--teacher-version`` / ``--self-version``), their ``problems.parquet``
+(gold answers, expert solutions) and completion shards.
+Writes: ``<run>/verify/<version>/`` with one reward shard per input shard (expert solutions first,
+then teacher, then self): ``prompt_id``, ``sample_idx``, ``source``, ``reward``, ``status``,
+``extracted``, ``gold``; ``manifest.json`` last.
 
-1. **Extraction** (ours, linear-time, safe to run anywhere): the last ``\\boxed{...}`` or
-   ``\\fbox{...}`` (nested braces, and ``\\boxed 5``), then the configured fall-backs in order:
-   ``answer_is`` ("The answer is ...", "final answer: ..."), ``last_number``. A gold answer is
-   either bare (``"1/2"``) or a full solution whose last ``\\boxed{}`` holds it (NuminaMath-CoT).
-2. **Equivalence**: a cheap normalised string match first; otherwise Hugging Face's
-   ``math-verify`` (``parse`` + ``verify``, gold first) on the two extracted strings, which
-   knows ``\\frac{1}{2} = 0.5``, ``x = 3`` vs ``3``, units, percent, degrees, tuples, intervals,
-   ``3\\sqrt{2} = \\sqrt{18}``, ``\\text{(B)}`` vs ``B``, ``1,000``. Its own ``signal.alarm``
-   timeouts are switched off: the caller runs this in killable worker processes with a wall-clock
-   deadline (``gftrepro.pool``), which also covers big-integer arithmetic that alarms cannot stop.
+    gft verify
+    gft verify --workers 16 --timeout 5
 
-Statuses: ``correct``, ``wrong``, ``no_answer`` (nothing extracted), ``timeout`` (set by the pool),
-``error`` (math-verify raised, or no gold answer).
+Where this departs from the authors' code:
+
+1. Their reward is Qwen2.5-Math's ``extract_answer`` + ``math_equal``; here it is our
+   extraction plus Hugging Face's math-verify (``gftrepro/answers.py``), run in killable worker
+   processes under a wall-clock deadline per answer (status ``timeout`` instead of a hang).
+2. Verdicts are cached by (extracted answer, gold) for the whole stage: a group's samples often
+   repeat an answer, and the cache makes repeats nearly free.
 """
 
 from __future__ import annotations
 
-import logging
-import re
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
-STATUSES = ("correct", "wrong", "no_answer", "timeout", "error")
-FALLBACKS = ("answer_is", "last_number")
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-ANSWER_IS = re.compile(r"(?:final answer|the answer|answer)\s*(?:is|:)\s*:?\s*([^\n]{1,200})", re.IGNORECASE)
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
-BOX_COMMANDS = ("\\boxed", "\\fbox")
+from gftrepro import schema, store
+from gftrepro.answers import FALLBACKS, STATUSES, found_by
+from gftrepro.config import opt
+from gftrepro.errors import GftError
+from gftrepro.scoring import Scorer, found_line, gold_map, judge_pool, read_columns
+from gftrepro.stage import already_done, done_line, open_stage, writing
+
+SAMPLED = ("teacher", "self")
 
 
 @dataclass(frozen=True)
-class Verdict:
-    correct: bool
-    status: str
-    extracted: str | None
+class VerifyConfig:
+    sources: list[str] = opt(["expert", "teacher", "self"], "what to score: expert solutions, teacher, self samples")
+    teacher_version: str = opt("", "sample-teacher version to read ('' = the latest complete one)", versioned=False)
+    self_version: str = opt("", "sample-self version to read ('' = the latest complete one)", versioned=False)
+    fallbacks: list[str] = opt(list(FALLBACKS), "answer extraction after \\boxed{}: answer_is, last_number")
+    timeout: float = opt(5.0, "wall-clock seconds per answer before its worker is killed (status timeout)")
+    workers: int = opt(2, "verifier worker processes", versioned=False)
+
+    def validate(self) -> None:
+        unknown = [s for s in self.sources if s not in schema.SOURCES]
+        if unknown or not self.sources:
+            raise GftError(f"sources must be a non-empty subset of {', '.join(schema.SOURCES)}, got {self.sources}")
+        bad = [f for f in self.fallbacks if f not in FALLBACKS]
+        if bad:
+            raise GftError(f"unknown fallback {bad[0]!r} (known: {', '.join(FALLBACKS)})")
+        if self.timeout <= 0 or self.workers < 1:
+            raise GftError("timeout must be > 0 and workers >= 1")
 
 
-def braced(text: str, start: int) -> tuple[str, int] | None:
-    """The content of the ``{...}`` group opening at ``text[start]`` (nesting respected)."""
-    depth = 0
-    for i in range(start, len(text)):
-        c = text[i]
-        if c == "{" and (i == 0 or text[i - 1] != "\\"):
-            depth += 1
-        elif c == "}" and text[i - 1] != "\\":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : i], i + 1
-    return None
+@dataclass(frozen=True)
+class Unit:
+    """One input shard (or the expert solutions) -> one reward shard."""
+
+    source: str
+    path: Path  # a completion shard, or problems.parquet for the expert solutions
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{..}`` / ``\\fbox{..}`` / ``\\boxed x``; None if there is none."""
-    best = -1
-    for cmd in BOX_COMMANDS:
-        best = max(best, text.rfind(cmd))
-    while best >= 0:
-        cmd = next(c for c in BOX_COMMANDS if text.startswith(c, best))
-        rest = best + len(cmd)
-        while rest < len(text) and text[rest] == " ":
-            rest += 1
-        if rest < len(text) and text[rest] == "{":
-            group = braced(text, rest)
-            if group is not None:
-                return group[0].strip()
-        elif rest > best + len(cmd) and rest < len(text):  # "\boxed 5": up to the next space or $
-            m = re.match(r"[^\s$]+", text[rest:])
-            if m:
-                return m.group(0).rstrip(".")
-        # malformed (unclosed) box: look further left
-        prev = -1
-        for c in BOX_COMMANDS:
-            prev = max(prev, text.rfind(c, 0, best))
-        best = prev
-    return None
+def input_versions(config: VerifyConfig, run_dir: Path) -> dict[str, store.VersionDir]:
+    """The sampling versions to score: named ones, else the latest complete one per source."""
+    chosen = {}
+    for source in SAMPLED:
+        stage, wanted = f"sample-{source}", getattr(config, f"{source}_version")
+        if wanted or source in config.sources:
+            chosen[source] = store.chosen_version(run_dir, stage, wanted)
+    if not chosen:  # expert solutions only: any complete sampling stage holds the problems
+        for source in SAMPLED:
+            if any(v.manifest_path.exists() for v in store.versions(run_dir, f"sample-{source}")):
+                chosen[source] = store.latest_complete(run_dir, f"sample-{source}")
+                break
+    if not chosen:
+        raise GftError(f"no complete sampling stage in {run_dir}: run `gft sample-teacher` or `gft sample-self` first")
+    return chosen
 
 
-SENTENCE_END = re.compile(r"\.\s")  # "3.5" and "1,000" stay whole
-CLAUSE = re.compile(r",\s+(?=[A-Za-z]{2,})")  # ", and we ..." ends the answer; "(1, 2)" does not
 
 
-def answer_phrase(text: str) -> str:
-    """What follows "the answer is": up to the end of its sentence or clause; of ``expr = value`` (one
-    equals sign), the value. Seen on a real model: "The answer is 12 + 5*4 = 14, and we need to" -> 14."""
-    phrase = CLAUSE.split(SENTENCE_END.split(text)[0])[0]
-    if phrase.count("=") == 1:
-        phrase = phrase.split("=")[1]
-    return clean_tail(phrase)
 
 
-def clean_tail(answer: str) -> str:
-    answer = answer.strip().strip("$").strip()
-    return answer.rstrip(".").strip()
+def plan_units(config: VerifyConfig, versions: dict[str, store.VersionDir]) -> list[Unit]:
+    units = []
+    if "expert" in config.sources:
+        units.append(Unit("expert", next(iter(versions.values())).path / "problems.parquet"))
+    for source in SAMPLED:
+        if source in config.sources and source in versions:
+            units.extend(Unit(source, p) for p in versions[source].shard_paths())
+    return units
 
 
-def extract_answer(text: str, fallbacks: tuple[str, ...] | list[str] = FALLBACKS) -> str | None:
-    return extract_with(text, fallbacks)[0]
+def unit_rows(unit: Unit, problems: pa.Table) -> tuple[list[str], list[int], list[object], list[bool]]:
+    """prompt_ids, sample_idx, texts to score for one unit, and whether each text ended by itself (an
+    expert solution always did)."""
+    if unit.source == "expert":
+        pids = problems.column("prompt_id").to_pylist()
+        solutions = problems.column("solution").to_pylist()
+        seen, keep = set(), []
+        for i, pid in enumerate(pids):
+            if pid not in seen and isinstance(solutions[i], str):
+                seen.add(pid)
+                keep.append(i)
+        return [pids[i] for i in keep], [0] * len(keep), [solutions[i] for i in keep], [True] * len(keep)
+    t = read_columns(unit.path, ["prompt_id", "sample_idx", "completion"])
+    finish = read_columns(unit.path, ["finish_reason"]).column(0).to_pylist() \
+        if "finish_reason" in pq.read_schema(unit.path).names else [None] * t.num_rows  # completions from elsewhere
+    stopped = [f != "length" for f in finish]
+    return (t.column("prompt_id").to_pylist(), t.column("sample_idx").to_pylist(), t.column("completion").to_pylist(),
+            stopped)
 
 
-def found_by(text: object, fallbacks: tuple[str, ...] | list[str] = FALLBACKS) -> str:
-    """How the answer of ``text`` was found: ``boxed``, a fall-back's name, or ``none``."""
-    return extract_with(text, fallbacks)[1] if isinstance(text, str) else "none"
 
 
-def extract_with(text: str, fallbacks: tuple[str, ...] | list[str]) -> tuple[str | None, str]:
-    """(the extracted answer, how it was found: ``boxed`` / ``answer_is`` / ``last_number`` / ``none``)."""
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return (boxed or None), "boxed" if boxed else "none"
-    for name in fallbacks:
-        if name == "answer_is":
-            matches = ANSWER_IS.findall(text)
-            if matches:
-                found = answer_phrase(matches[-1])
-                if found:
-                    return found, name
-        elif name == "last_number":
-            numbers = NUMBER.findall(text)
-            if numbers:
-                return numbers[-1].rstrip(","), name
-        else:
-            raise ValueError(f"unknown fallback '{name}' (known: {', '.join(FALLBACKS)})")
-    return None, "none"
+def summarize(vdir: store.VersionDir, seconds: float) -> dict:
+    counts: dict[str, dict[str, int]] = {}
+    found: dict[str, dict[str, int]] = {}
+    for path in sorted(vdir.path.glob("shard-*.parquet")):  # finalize checks every shard is there
+        t = pq.read_table(path, columns=["source", "status", "found_by"])
+        for source, status, how in zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True):
+            row = counts.setdefault(source, dict.fromkeys(STATUSES, 0))
+            row[status] += 1
+            found.setdefault(source, {})[how] = found.get(source, {}).get(how, 0) + 1
+    return {"by_source": counts, "found_by": found, "verify_seconds": seconds}
 
 
-def gold_answer(gold: str) -> str:
-    """A bare gold answer, the last ``\\boxed{}`` of a gold solution, or what follows ``####`` in a
-    GSM8K-style solution (thousands separators dropped)."""
-    boxed = last_boxed(gold)
-    if boxed is not None:
-        return boxed
-    if "####" in gold:
-        return clean_tail(gold.rsplit("####", 1)[1]).replace(",", "")
-    return clean_tail(gold)
+def summary_line(manifest: dict) -> str:
+    """Accuracy per source, then what did not score as a clean answer (counted, never a crash)."""
+    s = manifest["summary"]
+    total = sum(sum(c.values()) for c in s["by_source"].values())
+    parts = [f"{source} {c['correct'] / max(sum(c.values()), 1):.0%}" for source in schema.SOURCES
+             if (c := s["by_source"].get(source))]
+    odd = {k: sum(c[k] for c in s["by_source"].values()) for k in ("no_answer", "timeout", "error")}
+    unclean = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in odd.items() if v) or "all answered"
+    return f"{total} scored; correct: {', '.join(parts)}; {unclean}" + found_line(s.get("found_by", {}), "expert")
 
 
-NORMALISE = [(re.compile(p), r) for p, r in [
-    (r"\\[dt]frac", r"\\frac"), (r"\\left|\\right|\\!|\\,|\\;|\\ ", ""), (r"\s+", ""),
-    (r"^\\text\{(.*)\}$", r"\1"), (r"\.$", ""),
-]]
 
 
-def normalise(answer: str) -> str:
-    for pattern, repl in NORMALISE:
-        answer = pattern.sub(repl, answer)
-    return answer
+def run(config: VerifyConfig, run_dir: Path, console: Console | None = None) -> dict:
+    console = console or Console()
+    versions = input_versions(config, run_dir)
+    inputs = {f"sample-{s}": v.version for s, v in versions.items()}
+    vdir = open_stage(run_dir, "verify", config, inputs, console)
+    if vdir.is_complete(hashes=True):
+        return already_done(vdir, console, summary_line)
+    with writing(vdir, console):
+        return write_version(config, versions, vdir, console)
 
 
-def math_equal(pred: str, gold: str) -> bool:
-    """math-verify's verdict on two extracted answers (may be slow: run it under a deadline)."""
-    from math_verify import parse, verify
+def write_version(config: VerifyConfig, versions: dict[str, store.VersionDir], vdir: store.VersionDir,
+                  console: Console) -> dict:
+    gold, problems = gold_map(versions)
+    units = plan_units(config, versions)
+    todo = [k for k in range(len(units)) if k not in vdir.done_shards()]
+    if len(todo) != len(units):
+        console.print(f"resuming: {len(units) - len(todo)} of {len(units)} shards already scored")
+    started = time.perf_counter()
+    with judge_pool(config.workers, config.timeout) as pool, \
+            Progress(TextColumn("[bold]verify"), BarColumn(), TextColumn("{task.completed}/{task.total} shards"),
+                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                     console=console, transient=True, disable=not console.is_terminal) as bar:
+        scorer, answered = Scorer(config.fallbacks, pool), 0
+        task = bar.add_task("verify", total=len(todo), rate="")
+        for k in todo:
+            unit = units[k]
+            pids, idx, texts, stopped = unit_rows(unit, problems)
+            golds = [gold.get(p) for p in pids]
+            t0 = time.perf_counter()
+            verdicts = scorer.score_all(texts, golds, stopped)
+            answered += len(verdicts)
+            cols = {"prompt_id": pids, "sample_idx": idx, "source": [unit.source] * len(pids),
+                    "reward": [1.0 if v.correct else 0.0 for v in verdicts], "status": [v.status for v in verdicts],
+                    "extracted": [v.extracted for v in verdicts],
+                    "found_by": [found_by(t, scorer.fallbacks(ok)) for t, ok in zip(texts, stopped, strict=True)],
+                    "gold": golds}
+            store.write_table(vdir.shard_path(k, len(units)), schema.table(cols, schema.REWARDS),
+                              {"verify_seconds": time.perf_counter() - t0, "input": str(unit.path)})
+            rate = answered / max(time.perf_counter() - started, 1e-9)
+            bar.update(task, advance=1, rate=f"{rate:.0f} answers/s, cache {len(scorer.cache)}")
+    seconds = sum(store.shard_metadata(p).get("verify_seconds", 0.0) for p in vdir.path.glob("shard-*.parquet"))
+    manifest = store.finalize(vdir, len(units), {"summary": summarize(vdir, seconds)})
+    assert manifest is not None  # this process wrote every shard
+    if units[0].source == "expert":
+        report_expert_failures(vdir.shard_path(0, len(units)), console)
+    done_line(console, summary_line(manifest))
+    return manifest
 
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    gold_parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=None)
-    pred_parsed = parse(f"\\boxed{{{pred}}}", parsing_timeout=None)
-    if not gold_parsed or not pred_parsed:
-        return False
-    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
 
-
-def judge(pred: str, gold: str) -> Verdict:
-    """Equivalence of two extracted answers (the expensive part, what the workers run)."""
-    if normalise(pred) == normalise(gold):
-        return Verdict(True, "correct", pred)
-    try:
-        ok = math_equal(pred, gold)
-    except Exception:  # a parser bug on odd input is a counted status, not a crash
-        return Verdict(False, "error", pred)
-    return Verdict(ok, "correct" if ok else "wrong", pred)
-
-
-def score(completion: str, gold: str, fallbacks: tuple[str, ...] | list[str] = FALLBACKS) -> Verdict:
-    """Reward of one completion against a gold answer or gold solution (in-process, no deadline)."""
-    if not isinstance(completion, str) or not isinstance(gold, str):
-        return Verdict(False, "error", None)
-    pred = extract_answer(completion, fallbacks)
-    if pred is None:
-        return Verdict(False, "no_answer", None)
-    target = gold_answer(gold)
-    if not target:
-        return Verdict(False, "error", pred)
-    return judge(pred, target)
+def report_expert_failures(expert_shard: Path, console: Console) -> None:
+    """Expert solutions should all score correct; any that do not point at data or extraction bugs."""
+    bad = [r for r in pq.read_table(expert_shard).to_pylist() if r["status"] != "correct"]
+    if bad:
+        console.print(f"[yellow]warning[/yellow]: {len(bad)} expert solutions did not verify (data or extraction "
+                      f"problem); first: prompt_id {bad[0]['prompt_id']} status {bad[0]['status']} "
+                      f"extracted {bad[0]['extracted']!r} gold {bad[0]['gold']!r}")

@@ -51,6 +51,23 @@ def gft(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.
     return proc
 
 
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """Run the CLI in this process (Typer's CliRunner), for error cases: what the user sees (stdout, stderr,
+    exit code) without starting a fresh interpreter. Commands that train, sample or spawn workers use ``gft``."""
+    from typer.testing import CliRunner
+
+    from gftrepro.cli import STATE, app
+
+    debug = STATE["debug"]
+    try:
+        result = CliRunner().invoke(app, list(args), prog_name="gft")
+    finally:
+        STATE["debug"] = debug
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # an escaped exception is a bug: show it, as a subprocess would print it
+    return subprocess.CompletedProcess(["gft", *args], result.exit_code, result.stdout, result.stderr)
+
+
 def kill_midway(args: list[str], root: Path, pattern: str, at_least: int = 1) -> None:
     """Start ``gft *args``, SIGKILL it as soon as ``root.glob(pattern)`` finds ``at_least`` files."""
     import signal

@@ -11,8 +11,9 @@ from conftest import gft, restamp
 
 from gftrepro import config as cfg
 from gftrepro import store
-from gftrepro.build_groups import BuildGroupsConfig, Pools, choose, compose, group_advantages, run
+from gftrepro.build_groups import BuildGroupsConfig, run
 from gftrepro.errors import GftError
+from gftrepro.groups import Candidates, choose, compose, group_advantages
 
 # ---------------------------------------------------------------- advantages
 
@@ -64,7 +65,7 @@ def test_seeded_choice_is_stable_and_depends_on_the_seed():
 
 
 def test_compose_k8_and_expert_fills():
-    pools = Pools(cands(1, [1.0], "expert"), cands(4, [1.0, 0.0, 1.0, 1.0], "teacher"), cands(6))
+    pools = Candidates(cands(1, [1.0], "expert"), cands(4, [1.0, 0.0, 1.0, 1.0], "teacher"), cands(6))
     members, reason, fills = compose(pools, BuildGroupsConfig(), "p")
     assert reason == "" and [m["source"] for m in members] == ["expert"] + ["teacher"] * 3 + ["self"] * 4
     two = BuildGroupsConfig(n_expert=2, n_teacher=0, n_self=6)

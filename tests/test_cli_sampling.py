@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import gft, kill_midway
+from conftest import cli, gft, kill_midway
 
 SMALL = ["--limit", "12", "--shard-size", "4", "--max-new-tokens", "16"]
 
@@ -67,7 +67,7 @@ def test_sample_self_from_a_local_checkpoint_folder_and_status(done_run, student
 
 
 def test_status_of_a_missing_run_is_an_error(tmp_path):
-    proc = gft("status", "--run", str(tmp_path / "nope"))
+    proc = cli("status", "--run", str(tmp_path / "nope"))
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 
@@ -80,7 +80,7 @@ def test_status_of_a_missing_run_is_an_error(tmp_path):
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_marked_complete(done_run, args, message):
     before = tree_digest(done_run)
-    proc = gft("sample-teacher", "--run", str(done_run), *SMALL, *args)
+    proc = cli("sample-teacher", "--run", str(done_run), *SMALL, *args)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
@@ -91,14 +91,14 @@ def test_bad_input_is_one_line_exit_2_and_nothing_marked_complete(done_run, args
 def test_unknown_config_key_and_unwritable_output(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("n: 2\nmax_tokens: 5\n")
-    proc = gft("sample-self", "--run", str(tmp_path / "run"), "--config", str(config))
+    proc = cli("sample-self", "--run", str(tmp_path / "run"), "--config", str(config))
     assert proc.returncode == 2 and "unknown config key 'max_tokens'" in proc.stderr
     (tmp_path / "file").write_text("x")
-    proc = gft("sample-self", "--run", str(tmp_path / "file" / "run"))
+    proc = cli("sample-self", "--run", str(tmp_path / "file" / "run"))
     assert proc.returncode == 2 and "is not writable" in proc.stderr
-    proc = gft("sample-self", "--run", str(tmp_path / "file"))  # --run naming a file: said so, not "File exists"
+    proc = cli("sample-self", "--run", str(tmp_path / "file"))  # --run naming a file: said so, not "File exists"
     assert proc.returncode == 2 and "file" in proc.stderr and "is a file, not a folder" in proc.stderr
-    proc = gft("status", "--run", str(tmp_path / "file"))
+    proc = cli("status", "--run", str(tmp_path / "file"))
     assert proc.returncode == 2 and "is a file, not a run folder" in proc.stderr
 
 

@@ -4,10 +4,10 @@ import pytest
 
 from gftrepro import config as cfg
 from gftrepro.build_groups import BuildGroupsConfig
+from gftrepro.engine.config import TrainConfig
 from gftrepro.errors import GftError
 from gftrepro.sample import SELF_DEFAULTS, SampleConfig
-from gftrepro.train import TrainConfig
-from gftrepro.verify_stage import VerifyConfig
+from gftrepro.verify import VerifyConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

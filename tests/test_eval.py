@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, gft, kill_midway
+from conftest import REPO, cli, gft, kill_midway
 
-from gftrepro.benchmarks import REGISTRY, load_benchmark, resolve_names
+from gftrepro.answers import score
 from gftrepro.errors import GftError
-from gftrepro.verify import score
+from gftrepro.evalsets import REGISTRY, load_benchmark, resolve_names
 
 FIXTURES = REPO / "tests" / "fixtures" / "benchmarks"
 SHIPPED = REPO / "data" / "benchmarks"
@@ -94,7 +94,7 @@ def test_cli_eval_then_larger_k_reuses_the_samples(tmp_path):
     (["--model", "./missing/model"], "model path does not exist"),
 ])
 def test_cli_bad_input(tmp_path, extra, message):
-    proc = gft(*eval_args(tmp_path, *extra))
+    proc = cli(*eval_args(tmp_path, *extra))
     assert proc.returncode == 2 and message in proc.stderr
     assert not list(tmp_path.glob("eval/*/manifest.json"))
 

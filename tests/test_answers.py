@@ -1,8 +1,8 @@
-"""Table-driven tests of gftrepro.verify.score on real-looking model outputs."""
+"""Table-driven tests of gftrepro.answers.score on real-looking model outputs."""
 
 import pytest
 
-from gftrepro.verify import extract_answer, found_by, gold_answer, last_boxed, score
+from gftrepro.answers import extract_answer, found_by, gold_answer, last_boxed, score
 
 COT = "Let me work through this step by step.\nFirst we simplify the expression.\n"
 
@@ -49,9 +49,10 @@ def test_answer_is_ends_with_its_sentence_or_clause(text, expected):
 
 
 def test_a_text_cut_at_the_token_cap_counts_only_a_boxed_answer():
-    from gftrepro.verify_stage import Scorer, VerifyConfig
+    from gftrepro.scoring import Scorer
+    from gftrepro.verify import VerifyConfig
 
-    scorer = Scorer(VerifyConfig(), pool=None)
+    scorer = Scorer(VerifyConfig().fallbacks, pool=None)
     cut, boxed = "It costs 1983 dollars to fix, and the", "so \\boxed{7} is it, and then"
     assert scorer.fallbacks(stopped=False) == () and extract_answer(cut, scorer.fallbacks(False)) is None
     assert extract_answer(boxed, scorer.fallbacks(False)) == "7"

@@ -11,16 +11,16 @@ import pytest
 from conftest import gft
 
 from gftrepro import schema, store
+from gftrepro.answers import STATUSES, judge
 from gftrepro.errors import GftError
 from gftrepro.pool import TIMED_OUT, DeadlinePool
-from gftrepro.verify import STATUSES, judge
-from gftrepro.verify_stage import VerifyConfig, run
+from gftrepro.verify import VerifyConfig, run
 
 
 def test_pathological_answer_times_out_within_the_deadline_and_the_pool_goes_on():
     items = [("slow", ("9^{9^{9^{9}}}", "1"))] + [(i, (str(i), str(i))) for i in range(6)]
     got, when = {}, {}
-    with DeadlinePool(judge, workers=2, timeout=2.0, preload=["math_verify", "gftrepro.verify"]) as pool:
+    with DeadlinePool(judge, workers=2, timeout=2.0, preload=["math_verify", "gftrepro.answers"]) as pool:
         t0 = time.monotonic()
         for key, ok, result in pool.run(items):
             got[key], when[key] = (ok, result), time.monotonic() - t0

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gftrepro.answers import last_boxed
 from gftrepro.errors import GftError
 from gftrepro.problems import BUNDLED, prompt_id
-from gftrepro.verify import last_boxed
 
 LETTERS = "ABCDEFGHIJ"
 
