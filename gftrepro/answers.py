@@ -20,6 +20,7 @@ Statuses: ``correct``, ``wrong``, ``no_answer`` (nothing extracted), ``timeout``
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass
 
@@ -29,6 +30,9 @@ FALLBACKS = ("answer_is", "last_number")
 ANSWER_IS = re.compile(r"(?:final answer|the answer|answer)\s*(?:is|:)\s*:?\s*([^\n]{1,200})", re.IGNORECASE)
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 BOX_COMMANDS = ("\\boxed", "\\fbox")
+BOX = re.compile("|".join(re.escape(c) for c in BOX_COMMANDS))
+BRACES = re.compile(r"[{}]")
+WORD = re.compile(r"[^\s$]+")
 
 
 @dataclass(frozen=True)
@@ -38,43 +42,39 @@ class Verdict:
     extracted: str | None
 
 
-def braced(text: str, start: int) -> tuple[str, int] | None:
-    """The content of the ``{...}`` group opening at ``text[start]`` (nesting respected)."""
-    depth = 0
-    for i in range(start, len(text)):
-        c = text[i]
-        if c == "{" and (i == 0 or text[i - 1] != "\\"):
-            depth += 1
-        elif c == "}" and text[i - 1] != "\\":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : i], i + 1
-    return None
+def brace_matches(text: str) -> dict[int, int]:
+    """Each unescaped ``{``'s position -> its matching ``}``'s (unclosed ones absent), in one pass over the
+    braces: a text of many unclosed boxes costs linear time, not a scan to the end per box."""
+    match: dict[int, int] = {}
+    opened: list[int] = []
+    for m in BRACES.finditer(text):
+        i = m.start()
+        if i > 0 and text[i - 1] == "\\":
+            continue  # \{ and \} are literal braces
+        if m.group() == "{":
+            opened.append(i)
+        elif opened:
+            match[opened.pop()] = i
+    return match
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{..}`` / ``\\fbox{..}`` / ``\\boxed x``; None if there is none."""
-    best = -1
-    for cmd in BOX_COMMANDS:
-        best = max(best, text.rfind(cmd))
-    while best >= 0:
-        cmd = next(c for c in BOX_COMMANDS if text.startswith(c, best))
-        rest = best + len(cmd)
+    """Content of the last ``\\boxed{..}`` / ``\\fbox{..}`` / ``\\boxed x``; None if there is none. A malformed
+    (unclosed) box is skipped for the one before it. Linear in the text's length."""
+    matches: dict[int, int] | None = None
+    for box in reversed(list(BOX.finditer(text))):
+        start = rest = box.end()
         while rest < len(text) and text[rest] == " ":
             rest += 1
         if rest < len(text) and text[rest] == "{":
-            group = braced(text, rest)
-            if group is not None:
-                return group[0].strip()
-        elif rest > best + len(cmd) and rest < len(text):  # "\boxed 5": up to the next space or $
-            m = re.match(r"[^\s$]+", text[rest:])
+            matches = brace_matches(text) if matches is None else matches
+            end = matches.get(rest)
+            if end is not None:
+                return text[rest + 1 : end].strip()
+        elif rest > start and rest < len(text):  # "\boxed 5": up to the next space or $
+            m = WORD.match(text, rest)
             if m:
                 return m.group(0).rstrip(".")
-        # malformed (unclosed) box: look further left
-        prev = -1
-        for c in BOX_COMMANDS:
-            prev = max(prev, text.rfind(c, 0, best))
-        best = prev
     return None
 
 
@@ -135,6 +135,16 @@ def gold_answer(gold: str) -> str:
     if "####" in gold:
         return clean_tail(gold.rsplit("####", 1)[1]).replace(",", "")
     return clean_tail(gold)
+
+
+def finite_gold(gold: str) -> str | None:
+    """A gold answer that reads as a NaN or infinite float ("nan", "inf", "-Infinity") is no gold answer: it would
+    score "nan" correct. (``\\infty`` is mathematics and stays.)"""
+    try:
+        value = float(gold)
+    except ValueError:
+        return gold
+    return gold if math.isfinite(value) else None
 
 
 NORMALISE = [(re.compile(p), r) for p, r in [

@@ -75,7 +75,7 @@ def load_tokenizer(model: ModelRef):
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(model.path)
+        tok = AutoTokenizer.from_pretrained(model.path, trust_remote_code=False)
     except Exception as e:  # no network, gated repo, broken files
         raise GftError(f"could not load the tokenizer of '{model.ref}': {first_line(e)}") from None
     if tok.pad_token is None:  # batched generation needs one; never reuse EOS in training data
@@ -104,7 +104,7 @@ def generation_config_eos(model_path: str) -> list[int]:
     try:
         from transformers import GenerationConfig
 
-        eos: Any = GenerationConfig.from_pretrained(model_path).eos_token_id
+        eos: Any = GenerationConfig.from_pretrained(model_path, trust_remote_code=False).eos_token_id
     except Exception:  # no generation_config.json: the tokenizer's EOS is all there is
         return []
     if eos is None:

@@ -46,7 +46,7 @@ import torch
 from rich.console import Console
 
 from gftrepro import groups, methods, schema, store
-from gftrepro.answers import judge
+from gftrepro.answers import FALLBACKS
 from gftrepro.backends import GenerationOptions, Request, Sample, SamplingParams, make_backend, rollout_seed
 from gftrepro.engine.batches import Example, tokenize
 from gftrepro.engine.config import TrainConfig
@@ -55,10 +55,9 @@ from gftrepro.engine.trainer import Trainer, make_accelerator, start_model, writ
 from gftrepro.errors import GftError
 from gftrepro.groups import Candidates, GroupSpec
 from gftrepro.models import ModelRef, load_tokenizer, stop_token_ids
-from gftrepro.pool import DeadlinePool
 from gftrepro.prompts import format_prompt
+from gftrepro.scoring import Scorer, gold_map, judge_pool
 from gftrepro.stage import already_done, open_stage, verbose
-from gftrepro.verify import Scorer, VerifyConfig, gold_map
 
 ROLLOUTS = pa.schema(list(schema.GROUPS) + [pa.field("step", pa.int64())])
 UNUSABLE = groups.UNUSABLE
@@ -241,15 +240,12 @@ def run(config: TrainConfig, run_dir: Path, console: Console | None = None) -> d
                           f"({expert}:{teacher}:{own}){resuming}", highlight=False)
         stops = stop_token_ids(tokenizer, model.path, ["<|im_end|>", "<|endoftext|>"])
         params = SamplingParams(config.rollout_temperature, 1.0, config.rollout_max_new_tokens, stops, False)
-        vcfg = VerifyConfig(fallbacks=settings["fallbacks"] or VerifyConfig().fallbacks, timeout=config.verify_timeout,
-                            workers=config.verify_workers)
         with ExitStack() as stack:
             sampler = open_sampler(config, settings, model, tokenizer)
             stack.callback(sampler.close)
             sampler.load_weights(trainer.full_weights().items())  # the resumed weights, if resuming
-            pool = stack.enter_context(DeadlinePool(judge, vcfg.workers, vcfg.timeout,
-                                                    preload=["math_verify", "gftrepro.answers"]))
-            scorer = Scorer(vcfg, pool)
+            pool = stack.enter_context(judge_pool(config.verify_workers, config.verify_timeout))
+            scorer = Scorer(settings["fallbacks"] or FALLBACKS, pool)
             bar = stack.enter_context(trainer.progress())
             task = bar.add_task("train", total=len(steps), completed=trainer.start, info="")
             for step in range(trainer.start, len(steps)):

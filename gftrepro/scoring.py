@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gftrepro import schema, store
-from gftrepro.answers import Verdict, extract_answer, gold_answer, judge
+from gftrepro.answers import Verdict, extract_answer, finite_gold, gold_answer, judge
 from gftrepro.errors import GftError
 from gftrepro.pool import TIMED_OUT, DeadlinePool
 
@@ -44,9 +44,9 @@ def gold_map(versions: dict[str, store.VersionDir]) -> tuple[dict[str, str | Non
     for pid, solution, answer in zip(*(problems.column(c).to_pylist() for c in ("prompt_id", "solution", "answer")),
                                      strict=True):
         if isinstance(answer, str) and answer.strip():
-            gold[pid] = gold_answer(answer)
+            gold[pid] = finite_gold(gold_answer(answer))
         elif isinstance(solution, str) and solution.strip():
-            gold.setdefault(pid, gold_answer(solution))
+            gold.setdefault(pid, finite_gold(gold_answer(solution)))
         else:
             gold.setdefault(pid, None)
     if not any(gold.values()):

@@ -50,7 +50,7 @@ def ensure(name: str) -> Path:
     """The converted safetensors folder of ``smollm2:<name>`` (built on first use)."""
     if name != REF.split(":", 1)[1]:
         raise GftError(f"unknown model 'smollm2:{name}' (known: {REF})")
-    from gftrepro.testbed.models import cache_root
+    from gftrepro.cache import cache_root
 
     source = gguf_path()
     stamp = hashlib.sha256(f"{source.stat().st_size}:{GGUF}:v1".encode()).hexdigest()[:10]

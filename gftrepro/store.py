@@ -155,6 +155,9 @@ class VersionDir:
         found, damaged = [], []
         for rec in records:
             path = self.path / rec["name"]
+            if not self.holds(path):
+                found.append(f"{rec['name']}: outside the version folder (a symbolic link?)")
+                continue  # never removed by repair: it is not ours
             if not path.is_file():
                 found.append(f"{rec['name']}: missing")
                 continue
@@ -166,6 +169,10 @@ class VersionDir:
                 continue
             damaged.append(path)
         return found, damaged
+
+    def holds(self, path: Path) -> bool:
+        """``path``, links resolved, lies inside this version folder (links within it are fine)."""
+        return Path(os.path.realpath(path)).is_relative_to(Path(os.path.realpath(self.path)))
 
     def is_complete(self, hashes: bool = False) -> bool:
         return self.manifest_path.exists() and not self.problems(hashes)
@@ -210,12 +217,17 @@ class VersionDir:
         said = []
         if self.manifest_path.exists():
             found, damaged = self.check(hashes=True)
+            outside = [f for f in found if f.endswith("outside the version folder (a symbolic link?)")]
+            if outside:
+                raise GftError(f"{self.stage} version {self.version} lists files outside {self.path}: "
+                               f"{first_few(outside, '; ')}; gft never modifies files outside a run: replace the "
+                               "link with a copy of what it points to, or delete the version folder")
             if found:
                 for path in damaged:
                     path.unlink()
                 self.manifest_path.unlink()
                 said.append(f"damaged, redoing: {first_few(found, '; ')}")
-        bad = [p for p in sorted(self.path.rglob("shard-*.parquet")) if not readable_parquet(p)]
+        bad = [p for p in sorted(self.path.rglob("shard-*.parquet")) if self.holds(p) and not readable_parquet(p)]
         for p in bad:
             p.unlink()
         if bad:

@@ -21,6 +21,7 @@ Where this departs from the authors' code:
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +57,9 @@ class VerifyConfig:
         bad = [f for f in self.fallbacks if f not in FALLBACKS]
         if bad:
             raise GftError(f"unknown fallback {bad[0]!r} (known: {', '.join(FALLBACKS)})")
-        if self.timeout <= 0 or self.workers < 1:
-            raise GftError("timeout must be > 0 and workers >= 1")
+        if not (math.isfinite(self.timeout) and self.timeout > 0) or self.workers < 1:
+            raise GftError(f"timeout must be a finite number of seconds > 0 and workers >= 1, got {self.timeout} "
+                           f"and {self.workers}")
 
 
 @dataclass(frozen=True)

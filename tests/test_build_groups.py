@@ -190,6 +190,7 @@ def test_rewards_without_a_completion_are_refused(tmp_path, student_path):
         run(BuildGroupsConfig(), tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_on_the_embedded_default_with_paper_ratios(tmp_path):
     small = ["--limit", "16", "--shard-size", "8", "--max-new-tokens", "16", "--run", str(tmp_path)]
     gft("sample-teacher", *small, check=True)

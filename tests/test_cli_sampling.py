@@ -32,6 +32,7 @@ def done_run(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_sample_teacher_writes_versioned_shards_and_manifest(done_run):
     v = only_version(done_run, "sample-teacher")
     manifest = (v / "manifest.json").read_text()
@@ -50,6 +51,7 @@ def test_second_run_does_no_work(done_run):
     assert tree_digest(done_run) == before
 
 
+@pytest.mark.slow
 def test_changed_config_makes_a_new_version_and_keeps_the_old(done_run):
     before = tree_digest(done_run)
     gft("sample-teacher", "--run", str(done_run), *SMALL, "--temperature", "0.7", check=True)
@@ -58,6 +60,7 @@ def test_changed_config_makes_a_new_version_and_keeps_the_old(done_run):
     assert len([p for p in (done_run / "sample-teacher").iterdir() if p.is_dir()]) == 2
 
 
+@pytest.mark.slow
 def test_sample_self_from_a_local_checkpoint_folder_and_status(done_run, student_path):
     gft("sample-self", "--run", str(done_run), *SMALL, "--model", str(student_path), "--n", "2", check=True)
     df = rows(only_version(done_run, "sample-self"))
@@ -88,6 +91,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_marked_complete(done_run, args
     assert tree_digest(done_run) == before  # earlier complete shards untouched, no new manifest
 
 
+@pytest.mark.slow
 def test_unknown_config_key_and_unwritable_output(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("n: 2\nmax_tokens: 5\n")
@@ -107,6 +111,7 @@ def test_debug_flag_shows_the_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
+@pytest.mark.slow
 def test_sigkill_mid_stage_then_resume_equals_uninterrupted(tmp_path):
     args = ["sample-teacher", "--limit", "48", "--shard-size", "4", "--max-new-tokens", "48", "--batch-size", "4"]
     killed = tmp_path / "killed"
@@ -123,6 +128,7 @@ def test_sigkill_mid_stage_then_resume_equals_uninterrupted(tmp_path):
     pd.testing.assert_frame_equal(rows(v), rows(v_fresh))
 
 
+@pytest.mark.slow
 def test_shards_split_over_processes_equal_one_process(tmp_path):
     split, single = tmp_path / "split", tmp_path / "single"
     first = gft("sample-self", "--run", str(split), *SMALL, "--shard-index", "0", "--num-shards", "2", check=True)

@@ -70,6 +70,7 @@ def samples(run: Path) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p) for p in sorted(v.glob("*/shard-p*.parquet"))], ignore_index=True)
 
 
+@pytest.mark.slow
 def test_cli_eval_then_larger_k_reuses_the_samples(tmp_path):
     first = gft(*eval_args(tmp_path, "--pass-k", "4"), check=True)
     assert "pass@4" in first.stdout and "avg@4" in first.stdout
@@ -99,6 +100,7 @@ def test_cli_bad_input(tmp_path, extra, message):
     assert not list(tmp_path.glob("eval/*/manifest.json"))
 
 
+@pytest.mark.slow
 def test_cli_compare_two_models(tmp_path, teacher_path):
     gft(*eval_args(tmp_path / "a", "--pass-k", "4"), check=True)
     gft(*eval_args(tmp_path / "b", "--pass-k", "4", "--model", str(teacher_path)), check=True)
@@ -108,6 +110,7 @@ def test_cli_compare_two_models(tmp_path, teacher_path):
     assert (tmp_path / "compare" / "compare.md").exists() and (tmp_path / "compare" / "compare.png").exists()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_eval_then_resume_equals_uninterrupted(tmp_path):
     args = ["eval", "--limit", "24", "--shard-size", "2", "--max-new-tokens", "32", "--pass-k", "4",
             "--batch-size", "8"]

@@ -54,6 +54,7 @@ def table(path: Path):
     return pq.read_table(path)
 
 
+@pytest.mark.slow
 def test_a_deleted_shard_is_named_refused_downstream_and_redone_alone(run):
     teacher = only_version(run, "sample-teacher")
     others = {p.name: p.stat().st_mtime_ns for p in teacher.glob("shard-*.parquet")}
@@ -74,6 +75,7 @@ def test_a_deleted_shard_is_named_refused_downstream_and_redone_alone(run):
     gft("verify", "--run", str(run), check=True)
 
 
+@pytest.mark.slow
 def test_a_truncated_shard_is_damaged_and_without_its_manifest_is_not_done(run):
     verify = only_version(run, "verify")
     shard = sorted(verify.glob("shard-*.parquet"))[1]
@@ -94,6 +96,7 @@ def test_a_truncated_shard_is_damaged_and_without_its_manifest_is_not_done(run):
     gft("build-groups", "--run", str(run), "--groups-per-shard", "2", check=True)
 
 
+@pytest.mark.slow
 def test_same_size_corruption_is_found_by_hash(run):
     groups = only_version(run, "build-groups")
     shard = sorted(groups.glob("shard-*.parquet"))[0]
@@ -107,6 +110,7 @@ def test_same_size_corruption_is_found_by_hash(run):
     assert not (run / "train").exists() or not list((run / "train").glob("*/manifest.json"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text", ['{"stage": "sample-te', "{}", '{"complete": true, "config": {}, "summary": {}, '
                                   '"shards": [{"name": 3}]}'])
 def test_a_corrupt_manifest_marks_one_version_and_status_goes_on(run, text):
@@ -122,6 +126,7 @@ def test_a_corrupt_manifest_marks_one_version_and_status_goes_on(run, text):
     assert "complete" in status(run)["sample-teacher"]
 
 
+@pytest.mark.slow
 def test_a_truncated_model_is_refused_and_retrained(run):
     args = ["train", "--run", str(run), "--method", "sft", "--max-steps", "2", "--batch-size", "4"]
     gft(*args, check=True)
@@ -138,6 +143,7 @@ def test_a_truncated_model_is_refused_and_retrained(run):
         assert t.equal(original[name])
 
 
+@pytest.mark.slow
 def test_damaged_eval_samples_are_resampled(run):
     gft("eval", "--run", str(run), "--limit", "8", "--pass-k", "2", "--shard-size", "4", check=True)
     version = only_version(run, "eval")
@@ -196,6 +202,7 @@ def test_parts_of_a_sharded_stage_write_together_but_never_beside_a_whole_writer
         holder.wait()
 
 
+@pytest.mark.slow
 def test_two_identical_commands_at_once_one_writes_the_other_says_so(tmp_path):
     run = tmp_path / "run"
     args = [sys.executable, "-m", "gftrepro.cli", "sample-self", "--run", str(run), "--limit", "128", "--n", "16",

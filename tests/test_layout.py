@@ -94,7 +94,7 @@ def test_the_graph_sees_imports_inside_functions():
     graph = import_graph()
     assert "gftrepro.online" in graph["gftrepro.train"]  # module level
     assert "gftrepro.backends.hf" in graph["gftrepro.backends"]  # inside make_backend
-    assert "gftrepro.engine.batches" in graph["gftrepro.testbed.models"]  # inside train_sft
+    assert "gftrepro.engine.batches" in graph["gftrepro.testbed.build"]  # inside train_sft
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -39,6 +39,7 @@ def rollouts(v: Path) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p) for p in sorted((v / "rollouts").glob("step-*.parquet"))])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("method", "k", "sources"), [("gft", 8, {"expert": 1, "teacher": 3, "self": 4}),
                                                       ("grpo", 8, {"self": 8})])
 def test_online_training_writes_rollouts_metrics_and_a_loadable_model(verified_run, tmp_path, method, k, sources):
@@ -70,6 +71,7 @@ def test_online_training_writes_rollouts_metrics_and_a_loadable_model(verified_r
     assert "nothing to do" in gft(*args, check=True).stdout
 
 
+@pytest.mark.slow
 def test_sigkill_mid_online_training_then_resume_equals_uninterrupted(verified_run, tmp_path):
     args = ["train", "--method", "gft", "--online", "--max-steps", "6", "--save-every", "2", "--seed", "7", *ONLINE]
     killed, fresh = copy_run(verified_run, tmp_path / "killed"), copy_run(verified_run, tmp_path / "fresh")
@@ -87,6 +89,7 @@ def test_sigkill_mid_online_training_then_resume_equals_uninterrupted(verified_r
     assert [json.loads(x)["step"] for x in (v / "metrics.jsonl").read_text().splitlines()] == list(range(1, 7))
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_online(verified_run, tmp_path):
     """Each process samples its share of the step's prompts (whole groups); global token-mean."""
     args = ["-m", "gftrepro.cli", "train", "--method", "grpo", "--max-steps", "2", "--seed", "5", *ONLINE,
@@ -104,6 +107,7 @@ def test_two_processes_equal_one_online(verified_run, tmp_path):
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_init_from_an_earlier_train_version_chains_sft_then_grpo(verified_run, tmp_path):
     run = copy_run(verified_run, tmp_path / "run")
     gft("build-groups", "--run", str(run), check=True)
@@ -138,6 +142,7 @@ def test_init_naming_an_incomplete_version_is_refused(verified_run, tmp_path):
     assert proc.returncode == 2 and "abcdefabcdef is not complete" in proc.stderr
 
 
+@pytest.mark.slow
 def test_vllm_backend_without_vllm_installed_is_one_line(verified_run, tmp_path):
     run = copy_run(verified_run, tmp_path / "run")
     code = ("import sys; sys.modules['vllm'] = None; sys.argv = ['gft'] + sys.argv[1:]; "

@@ -50,6 +50,7 @@ def test_plan_runs_without_models_and_judges_memory(tmp_path, folder, fits):
     assert ("fits one 80 GB GPU" in out) == fits and ("FSDP" in out) != fits
 
 
+@pytest.mark.slow
 def test_plan_counts_rounds(tmp_path):
     recipe = (REPO / "stages" / "paper" / "qwen2.5-math-1.5b" / "gft.yaml").read_text()
     (tmp_path / "r3.yaml").write_text(recipe.replace("seeds: 1\n", "seeds: 1\nrounds: 3\n"))

@@ -23,6 +23,7 @@ def digest(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_run_chains_every_stage_then_does_no_work(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(SMALL.format(seeds=1))
@@ -51,6 +52,7 @@ def test_run_chains_every_stage_then_does_no_work(tmp_path):
         assert "complete (" in line, line
 
 
+@pytest.mark.slow
 def test_rounds_resample_from_the_new_checkpoint(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(SMALL.format(seeds=1))
@@ -65,6 +67,7 @@ def test_rounds_resample_from_the_new_checkpoint(tmp_path):
     assert "testbed:student" in starts and any(s.endswith("/model") for s in starts)
 
 
+@pytest.mark.slow
 def test_two_seeds_report_a_spread(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(SMALL.format(seeds=2))
@@ -89,6 +92,7 @@ def test_bad_run_configs(tmp_path, text, extra, message):
     assert proc.returncode == 2 and message in proc.stderr
 
 
+@pytest.mark.slow
 def test_run_output_fits_80_columns_and_60_lines(tmp_path, monkeypatch):
     """What a person sees: header + summary line per stage, two narrow tables, one line per claim; the
     default methods (not SMALL's), and nothing clipped with an ellipsis at 80 columns."""

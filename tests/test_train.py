@@ -36,6 +36,7 @@ def train_dir(run: Path, method: str) -> Path:
     raise AssertionError(f"no complete train version for {method}")
 
 
+@pytest.mark.slow
 def test_every_method_trains_and_writes_a_loadable_checkpoint(grouped_run, student_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -58,6 +59,7 @@ def test_every_method_trains_and_writes_a_loadable_checkpoint(grouped_run, stude
     assert "nothing to do" in again.stdout
 
 
+@pytest.mark.slow
 def test_every_parameter_changes_after_two_steps(grouped_run, student_path):
     gft("train", "--run", str(grouped_run), "--method", "sft", "--max-steps", "2", "--batch-size", "8",
         "--lr", "1e-2", "--weight-decay", "0", "--warmup-ratio", "0", check=True)
@@ -69,6 +71,7 @@ def test_every_parameter_changes_after_two_steps(grouped_run, student_path):
     assert not unchanged, unchanged
 
 
+@pytest.mark.slow
 def test_sampling_from_a_trained_checkpoint(grouped_run):
     model = train_dir(grouped_run, "gft") / "model"
     gft("sample-self", "--run", str(grouped_run), "--model", str(model), "--limit", "4", "--max-new-tokens", "8",
@@ -138,6 +141,7 @@ def test_fused_loss_pass_equals_log_probs_then_loss(grouped_run, student_path, m
         torch.testing.assert_close(fused_grads[name], plain_grads[name], atol=1e-4 * scale, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_compiled_layers_give_the_same_training_step(grouped_run, student_path):
     """--compile (every decoder layer through torch.compile, dynamic shapes): micro-batches of different
     lengths, the same loss, metrics and parameter gradients as eager, and unchanged parameter names."""
@@ -173,6 +177,7 @@ def test_compiled_layers_give_the_same_training_step(grouped_run, student_path):
         torch.testing.assert_close(c_grads[name], e_grads[name], atol=1e-4 * scale, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_training_then_resume_equals_uninterrupted(grouped_run, tmp_path):
     args = ["train", "--method", "gft", "--max-steps", "8", "--batch-size", "4", "--save-every", "2", "--seed", "7"]
     killed, fresh = tmp_path / "killed", tmp_path / "fresh"
@@ -211,6 +216,7 @@ class Planted:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_resuming_with_a_changed_setting_is_refused(grouped_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(grouped_run, run, ignore=shutil.ignore_patterns("train"))
@@ -225,6 +231,7 @@ def test_resuming_with_a_changed_setting_is_refused(grouped_run, tmp_path):
     assert proc.returncode == 2 and "refusing to resume" in proc.stderr
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_with_the_same_global_batch(grouped_run, tmp_path):
     args = ["-m", "gftrepro.cli", "train", "--method", "gft", "--max-steps", "3", "--batch-size", "8", "--seed", "5"]
     one, two = tmp_path / "one", tmp_path / "two"
@@ -257,6 +264,7 @@ def test_bad_training_input(grouped_run, args, message):
     assert proc.returncode == 2 and message in proc.stderr
 
 
+@pytest.mark.slow
 def test_nan_advantages_are_refused(grouped_run, tmp_path):
     import pandas as pd
 
@@ -273,6 +281,7 @@ def test_nan_advantages_are_refused(grouped_run, tmp_path):
     assert not list(run.glob("train/*/manifest.json"))
 
 
+@pytest.mark.slow
 def test_bf16_parameters_train_and_save_bf16_weights(grouped_run, tmp_path):
     """--param-dtype bfloat16: weights, gradients and AdamW states in bf16 (no fp32 master copy)."""
     from safetensors import safe_open
@@ -289,6 +298,7 @@ def test_bf16_parameters_train_and_save_bf16_weights(grouped_run, tmp_path):
     assert len(lines) == 2 and all(math.isfinite(m["loss"]) and m["grad_norm"] > 0 for m in lines)
 
 
+@pytest.mark.slow
 def test_adamw8bit_on_bf16_weights_trains_and_resumes_exactly(grouped_run, student_path, tmp_path):
     """--optimizer adamw8bit (torchao: 8-bit states; stochastic rounding of the bf16 weights): a SIGKILLed
     run resumes from its checkpoint (quantized states stored as parts, nothing pickled) bit for bit."""
@@ -318,6 +328,7 @@ def test_adamw8bit_on_bf16_weights_trains_and_resumes_exactly(grouped_run, stude
     assert [m["step"] for m in lines] == list(range(1, 7)) and all(math.isfinite(m["loss"]) for m in lines)
 
 
+@pytest.mark.slow
 def test_adamw8bit_on_bf16_weights_refuses_several_processes(grouped_run, tmp_path):
     """Each process would draw its own stochastic rounding: DDP replicas would drift apart."""
     run = tmp_path / "run"

@@ -96,6 +96,7 @@ def test_non_string_and_invalid_utf8_completions_never_crash(tmp_path):
         assert set(rewards(tmp_path).status) <= {"error", "correct", "wrong", "no_answer"}
 
 
+@pytest.mark.slow
 def test_cli_verify_on_the_embedded_default_and_second_run(tmp_path):
     small = ["--limit", "16", "--shard-size", "8", "--max-new-tokens", "16", "--run", str(tmp_path)]
     gft("sample-teacher", *small, check=True)
@@ -112,6 +113,7 @@ def test_cli_verify_on_the_embedded_default_and_second_run(tmp_path):
     assert json.loads((v / "manifest.json").read_text())["inputs"].keys() == {"sample-teacher", "sample-self"}
 
 
+@pytest.mark.slow
 def test_cli_verify_without_sampling_is_a_clear_error(tmp_path):
     proc = gft("verify", "--run", str(tmp_path))
     assert proc.returncode == 2 and "run `gft sample-teacher` first" in proc.stderr

@@ -78,7 +78,8 @@ class HFBackend:
     def __init__(self, model: ModelRef, tokenizer, *, batch_size: int, device: str = "auto", dtype: str = "auto"):
         self.device = pick_device(device)
         try:
-            self.model = AutoModelForCausalLM.from_pretrained(model.path, dtype=pick_dtype(dtype, self.device))
+            self.model = AutoModelForCausalLM.from_pretrained(model.path, dtype=pick_dtype(dtype, self.device),
+                                                              trust_remote_code=False)
         except GftError:
             raise
         except Exception as e:

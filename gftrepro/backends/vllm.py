@@ -34,7 +34,8 @@ class VLLMBackend:
             dtype = "float32" if dtype == "auto" else dtype  # as the hf backend on CPU
         kwargs = {"max_model_len": max_model_len} if max_model_len > 0 else {}
         try:
-            self.llm = vllm.LLM(model=model.path, tokenizer=model.path, tensor_parallel_size=tensor_parallel_size,
+            self.llm = vllm.LLM(model=model.path, tokenizer=model.path, trust_remote_code=False,
+                                tensor_parallel_size=tensor_parallel_size,
                                 gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
                                 enforce_eager=enforce_eager, seed=seed, **kwargs)
         except Exception as e:

@@ -106,6 +106,13 @@ class TrainConfig:
              "optimizer adamw8bit needs torchao: pip install -e '.[lowmem]'"),
             (self.epochs >= 1 or self.max_steps >= 1, "set epochs >= 1 or max_steps >= 1"),
             (0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)"),
+            (math.isfinite(self.grad_clip) and self.grad_clip >= 0,
+             f"grad_clip must be a finite number >= 0 (0 = off), got {self.grad_clip}"),
+            (0.0 <= self.adam_beta1 < 1.0 and 0.0 <= self.adam_beta2 < 1.0,
+             f"adam_beta1 and adam_beta2 must be in [0, 1), got {self.adam_beta1}, {self.adam_beta2}"),
+            (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+             f"weight_decay must be a finite number >= 0, got {self.weight_decay}"),
+            (0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}"),
         ]
         require(checks)
         if self.is_online:
@@ -131,7 +138,8 @@ class TrainConfig:
             (self.rollout_temperature > 0, "rollout_temperature must be > 0 (on-policy samples are sampled)"),
             (self.rollout_max_new_tokens >= 1 and self.rollout_batch_size >= 1,
              "rollout_max_new_tokens and rollout_batch_size must be at least 1"),
-            (self.verify_workers >= 1 and self.verify_timeout > 0, "verify_workers >= 1 and verify_timeout > 0"),
+            (self.verify_workers >= 1 and math.isfinite(self.verify_timeout) and self.verify_timeout > 0,
+             f"verify_workers >= 1 and a finite verify_timeout > 0, got {self.verify_workers}, {self.verify_timeout}"),
         ]
         require(checks)
         if self.data:

@@ -70,7 +70,7 @@ def load_causal_lm(path: str, ref: str, dtype: torch.dtype = torch.float32) -> t
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)  # fp32: master weights
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)  # fp32: master
     except Exception as e:
         raise GftError(f"could not load model '{ref}': {first_line(e)}") from None
 
@@ -270,5 +270,7 @@ def save_model(net: torch.nn.Module, tokenizer: Any, final: Path, state: dict[st
     shutil.rmtree(tmp, ignore_errors=True)
     net.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state} if state is not None else {}))
     tokenizer.save_pretrained(tmp)
+    if final.is_symlink():  # a link put in place of the folder: remove the link, never what it points to
+        final.unlink()
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
