@@ -57,6 +57,11 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def cut(text: str, limit: int = 1000) -> str:
+    """A message cut to at most ``limit`` characters (the rest counted, not printed)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+
+
 def guarded(fn: Callable[[], Any]) -> Any:
     """Run a command body: GftError -> one line and exit 2; anything else -> one line and exit 1."""
     try:
@@ -65,7 +70,7 @@ def guarded(fn: Callable[[], Any]) -> Any:
     except GftError as e:
         if STATE["debug"]:
             raise
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {cut(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         err.print("interrupted: complete shards are kept; rerun the same command to resume")

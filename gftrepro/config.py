@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from gftrepro.errors import GftError
+from gftrepro.errors import GftError, shown
 
 
 def opt(default: Any, help: str, *, flag: str | None = None, versioned: bool | str = True) -> Any:
@@ -55,27 +55,27 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise GftError(f"config key '{name}' must be a list of strings, got {value!r}")
+            raise GftError(f"config key '{name}' must be a list of strings, got {shown(value)}")
         return list(value)
     if bt is dict:
         return coerce_mapping(name, value)
     if bt is bool:
         if isinstance(value, bool):
             return value
-        raise GftError(f"config key '{name}' must be true or false, got {value!r}")
+        raise GftError(f"config key '{name}' must be true or false, got {shown(value)}")
     if bt is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if bt is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if bt is str and isinstance(value, str | int | float) and not isinstance(value, bool):
         return str(value)
-    raise GftError(f"config key '{name}' must be of type {bt.__name__}, got {value!r}")
+    raise GftError(f"config key '{name}' must be of type {bt.__name__}, got {shown(value)}")
 
 
 def coerce_mapping(name: str, value: Any) -> dict:
     if isinstance(value, dict):
         return dict(value)
-    raise GftError(f"config key '{name}' must be a mapping, got {value!r}")
+    raise GftError(f"config key '{name}' must be a mapping, got {shown(value)}")
 
 
 def require(checks: list[tuple[bool, str]]) -> None:
@@ -90,8 +90,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise GftError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise GftError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except UnicodeDecodeError as e:
+        raise GftError(f"config file {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: e.g. an integer of more than 4,300 digits
+        raise GftError(f"config file {path} is not valid YAML: {str(e).splitlines()[0][:200]}") from None
+    except RecursionError:
+        raise GftError(f"config file {path} is nested too deeply to read") from None
     if not isinstance(data, dict):
         raise GftError(f"config file {path} must hold a mapping of keys to values")
     return data
@@ -103,7 +107,7 @@ def check_keys(cls: type, data: dict[str, Any], where: str) -> None:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise GftError(f"unknown config key '{key}' in {where}{hint}")
+            raise GftError(f"unknown config key {shown(key)} in {where}{hint}")
 
 
 def build(cls: type, *layers: dict[str, Any]) -> Any:

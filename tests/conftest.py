@@ -92,6 +92,23 @@ def prepared_run(run: Path, small: list[str], groups: bool = False) -> Path:
     return run
 
 
+GROUPED = ["--limit", "16", "--shard-size", "8", "--max-new-tokens", "24"]
+
+
+@pytest.fixture(scope="session")
+def grouped_template(tmp_path_factory: pytest.TempPathFactory, isolated_env: None) -> Path:
+    """sample-teacher -> sample-self -> verify -> build-groups on 16 bundled problems (``GROUPED``), made once per
+    test session. Modules that add versions to a run take their own copy (``copy_run``), never this one."""
+    return prepared_run(tmp_path_factory.mktemp("grouped") / "run", GROUPED, groups=True)
+
+
+def copy_run(template: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(template, dest, symlinks=True)
+    return dest
+
+
 def weights(folder: Path) -> dict:
     """A saved model's tensors, by name."""
     from safetensors.torch import load_file

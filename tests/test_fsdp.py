@@ -20,16 +20,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, prepared_run, weights
+from conftest import REPO, copy_run, weights
 
 pytestmark = pytest.mark.slow
-SMALL = ["--limit", "16", "--shard-size", "8", "--max-new-tokens", "24"]
 TRAIN = ["-m", "gftrepro.cli", "train", "--batch-size", "8", "--seed", "5", "--kl-every", "1"]
 
 
 @pytest.fixture(scope="module")
-def grouped_run(tmp_path_factory) -> Path:
-    return prepared_run(tmp_path_factory.mktemp("fsdprun"), SMALL, groups=True)
+def grouped_run(tmp_path_factory, grouped_template) -> Path:
+    return copy_run(grouped_template, tmp_path_factory.mktemp("fsdprun") / "run")
 
 
 def copy(grouped_run: Path, dest: Path) -> Path:

@@ -138,3 +138,56 @@ def test_a_nan_or_infinite_gold_answer_is_no_gold(gold):
 
     assert finite_gold(gold_answer(gold)) is None
     assert finite_gold(gold_answer("\\boxed{\\infty}")) == "\\infty" and finite_gold("3.5") == "3.5"
+
+
+def test_one_prompt_near_the_context_end_does_not_empty_its_batch(student_path):
+    """Finding 6: the new-token cap came from the padded batch's widest prompt: one over-long question among
+    short ones gave every sample of the batch 0 tokens ("100% at the cap")."""
+    from gftrepro.backends import Request, SamplingParams
+    from gftrepro.backends.hf import HFBackend
+    from gftrepro.models import load_tokenizer, resolve_model
+
+    model = resolve_model(str(student_path))
+    tok = load_tokenizer(model)
+    backend = HFBackend(model, tok, batch_size=64, device="cpu", dtype="float32")
+    short = tok("<|im_start|>user\nCompute 3 + 4.<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
+    long = short * (backend.context_length // len(short) + 1)  # beyond the context: no room at all
+    requests = [Request(short, seed) for seed in range(5)] + [Request(long, 99)]
+    params = SamplingParams(1.0, 1.0, 12, [tok.eos_token_id], False)
+    samples = backend.generate(requests, params, lambda *_: None)
+    assert samples[-1].token_ids == [] and samples[-1].finish_reason == "length"
+    for s in samples[:-1]:
+        assert s.finish_reason == "stop" or len(s.token_ids) == 12, s
+
+
+def write(tmp_path: Path, text: str | bytes) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+# a billion laughs in one line: 8 levels of anchors, each nine of the one before (9^8 leaves if expanded)
+LAUGHS = "n: [&a [x, x, x, x, x, x, x, x, x], " + ", ".join(
+    f"&{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefg", "bcdefgh", strict=True)) + "]\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    (LAUGHS, "config key 'n' must be of type int"),  # finding 12: a 351 MB message
+    ("n: " + "9" * 5000 + "\n", "is not valid YAML"),  # finding 13: internal errors before
+    (b"n: 2\nmodel: \xff\xfe\n", "is not UTF-8 text"),
+    ("n: " + "[" * 10_000 + "]" * 10_000 + "\n", "config file"),
+    ("limit: '" + "x" * 200_000 + "'\n", "config key 'limit' must be of type int"),
+])
+def test_hostile_config_files_are_one_short_line(tmp_path, text, message):
+    proc = cli("sample-teacher", "--run", str(tmp_path / "run"), "--config", str(write(tmp_path, text)))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr[:500]
+    assert len(proc.stderr) < 1200 and "internal error" not in proc.stderr
+
+
+def test_an_error_message_is_cut_at_a_thousand_characters():
+    from gftrepro.cli import cut
+    from gftrepro.errors import shown
+
+    assert cut("x" * 5000).endswith("... (4,000 more characters)") and len(cut("x" * 5000)) < 1100
+    assert cut("short") == "short" and len(shown("y" * 10**6)) < 80 and "digits" in shown(10**6000)

@@ -1,6 +1,6 @@
 """A real pretrained model through every stage: SmolLM2-135M-Instruct (``smollm2:135m-instruct``).
 
-The project's own tiny models have a 342-token vocabulary and a template the project wrote; this
+The project's own tiny models have a 355-token vocabulary and a template the project wrote; this
 checks what only a real model exercises: a 49,152-token tokenizer, the model's own ChatML template
 and ``<|im_end|>`` stop token, answers in real model prose (rambling, cut off, unboxed), and vLLM
 serving a real architecture from the folder ``gft train`` saved. The run is the documented one
@@ -132,16 +132,16 @@ def test_chunked_logprobs_equal_full_logits_on_the_real_model(model_path):
     ref = head_pass(torch.float64, None)  # the float64 reference
     plain = head_pass(torch.float32, None)  # the plain float32 path: sets the bound on this machine
     chunked = head_pass(torch.float32, 7)  # 7 does not divide the token count
-    for what, ours, r, p in zip(("log p", "hidden grad", "head grad"), chunked, ref, plain):
+    for what, ours, r, p in zip(("log p", "hidden grad", "head grad"), chunked, ref, plain, strict=True):
         check_float32(f"LM head {what}", ours, r, p, vocab)
     # the rule is strict enough to catch a wrong formula: one token's target swapped (the least-weighted
     # token), or the gradient 0.1% off
     swapped = targets.clone()
     swapped[0] = (swapped[0] + 1) % vocab
     wrong = head_pass(torch.float32, 7, swapped)
-    for ours, r, p in zip(chunked[1:], ref[1:], plain[1:]):
+    for ours, r, p in zip(chunked[1:], ref[1:], plain[1:], strict=True):
         assert not float32_accurate(ours * 1.001, r, p, vocab)
-    for ours, r, p in zip(wrong, ref, plain):
+    for ours, r, p in zip(wrong, ref, plain, strict=True):
         assert not float32_accurate(ours, r, p, vocab)
 
     # the whole model through Policy against the same model in float64 (full logits): log-probs, and the

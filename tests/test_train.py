@@ -12,20 +12,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, cli, gft, kill_midway, prepared_run, restamp, weights
+from conftest import REPO, cli, copy_run, gft, kill_midway, restamp, weights
 
 from gftrepro import store
 from gftrepro.engine.batches import collate, tokenize
 from gftrepro.engine.config import TrainConfig
 from gftrepro.engine.step import backward_step
 
-SMALL = ["--limit", "16", "--shard-size", "8", "--max-new-tokens", "24"]
-
 
 @pytest.fixture(scope="module")
-def grouped_run(tmp_path_factory) -> Path:
-    """sample-teacher -> sample-self -> verify -> build-groups on 16 bundled problems."""
-    return prepared_run(tmp_path_factory.mktemp("trainrun"), SMALL, groups=True)
+def grouped_run(tmp_path_factory, grouped_template) -> Path:
+    """sample-teacher -> sample-self -> verify -> build-groups on 16 bundled problems (a copy of the session's)."""
+    return copy_run(grouped_template, tmp_path_factory.mktemp("trainrun") / "run")
 
 
 def train_dir(run: Path, method: str) -> Path:

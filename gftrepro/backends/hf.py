@@ -93,13 +93,25 @@ class HFBackend:
     def generate(self, requests: list[Request], params: SamplingParams, progress: Progress) -> list[Sample]:
         order = sorted(range(len(requests)), key=lambda i: (len(requests[i].prompt_ids), i))
         results: dict[int, Sample] = {}
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        for idx in self.batches(requests, order, params.max_new_tokens):
             batch = [requests[i] for i in idx]
             for i, sample in zip(idx, self.generate_batch(batch, params), strict=True):
                 results[i] = sample
             progress(len(batch), sum(len(results[i].token_ids) for i in idx))
         return [results[i] for i in range(len(requests))]
+
+    def batches(self, requests: list[Request], order: list[int], max_new_tokens: int) -> list[list[int]]:
+        """Consecutive requests (by prompt length) in batches of ``batch_size`` whose members have the same
+        new-token cap: a prompt near the context's end gets a batch of its own caps, never a shorter cap for
+        the prompts batched with it (the batch's cap comes from its widest prompt)."""
+        cap = [cap_new_tokens(len(r.prompt_ids), max_new_tokens, self.context_length) for r in requests]
+        out: list[list[int]] = []
+        for i in order:
+            if out and len(out[-1]) < self.batch_size and cap[out[-1][0]] == cap[i]:
+                out[-1].append(i)
+            else:
+                out.append([i])
+        return out
 
     def generate_batch(self, batch: list[Request], params: SamplingParams) -> list[Sample]:
         width = max(len(r.prompt_ids) for r in batch)
