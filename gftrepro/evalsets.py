@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gftrepro.answers import last_boxed
+from gftrepro.answers import finite_gold, last_boxed
 from gftrepro.errors import GftError
 from gftrepro.problems import BUNDLED, prompt_id
 
@@ -173,8 +173,8 @@ def load_benchmark(bench: Benchmark, benchmark_dir: str, limit: int = 0) -> tupl
     """[{prompt_id, question, gold}] in file order (first ``limit`` if > 0), and the source.
 
     Every row is kept, repeated questions included, so counts match the official ones, except rows
-    whose gold answer is empty (they cannot be scored): those are skipped, and the source says how
-    many (two of Gaokao 2023 (en)'s 385 rows, for instance)."""
+    whose gold answer is empty or a NaN/infinite number (they cannot be scored): those are skipped,
+    and the source says how many (two of Gaokao 2023 (en)'s 385 rows, for instance)."""
     rows, source = read_rows(bench, benchmark_dir)
     problems, seen, no_gold = [], set(), 0
     for i, row in enumerate(rows):
@@ -182,7 +182,7 @@ def load_benchmark(bench: Benchmark, benchmark_dir: str, limit: int = 0) -> tupl
             question, gold = bench.question(row), bench.gold(row)
         except (KeyError, ValueError, SyntaxError, IndexError) as e:
             raise GftError(f"benchmark '{bench.name}' ({source}) row {i}: missing or bad field {e}") from None
-        if not gold.strip():
+        if not gold.strip() or finite_gold(gold.strip()) is None:  # a NaN or infinite gold cannot be scored
             no_gold += 1
             continue
         pid = prompt_id(question)

@@ -191,3 +191,13 @@ def test_an_error_message_is_cut_at_a_thousand_characters():
 
     assert cut("x" * 5000).endswith("... (4,000 more characters)") and len(cut("x" * 5000)) < 1100
     assert cut("short") == "short" and len(shown("y" * 10**6)) < 80 and "digits" in shown(10**6000)
+
+
+def test_a_benchmark_row_with_a_nan_gold_is_skipped_and_counted(tmp_path):
+    from gftrepro.evalsets import REGISTRY, load_benchmark
+
+    (tmp_path / "gsm8k").mkdir()
+    rows = [{"question": "1 + 4?", "answer": "so #### 5"}, {"question": "0 / 0?", "answer": "#### nan"}]
+    (tmp_path / "gsm8k" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    problems, source = load_benchmark(REGISTRY["gsm8k"], str(tmp_path))
+    assert [p["gold"] for p in problems] == ["5"] and "1 rows without a gold answer skipped" in source
