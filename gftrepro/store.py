@@ -46,6 +46,7 @@ from gftrepro.locks import alive, running
 STAGES = ("sample-teacher", "sample-self", "verify", "build-groups", "train", "eval")
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
+OUTSIDE = "outside the version folder (a symbolic link?)"  # a listed file repair must never touch
 SHARD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})\.parquet$")
 
 
@@ -156,7 +157,7 @@ class VersionDir:
         for rec in records:
             path = self.path / rec["name"]
             if not self.holds(path):
-                found.append(f"{rec['name']}: outside the version folder (a symbolic link?)")
+                found.append(f"{rec['name']}: {OUTSIDE}")
                 continue  # never removed by repair: it is not ours
             if not path.is_file():
                 found.append(f"{rec['name']}: missing")
@@ -217,7 +218,7 @@ class VersionDir:
         said = []
         if self.manifest_path.exists():
             found, damaged = self.check(hashes=True)
-            outside = [f for f in found if f.endswith("outside the version folder (a symbolic link?)")]
+            outside = [f for f in found if f.endswith(OUTSIDE)]
             if outside:
                 raise GftError(f"{self.stage} version {self.version} lists files outside {self.path}: "
                                f"{first_few(outside, '; ')}; gft never modifies files outside a run: replace the "

@@ -120,23 +120,18 @@ def fence_problems(text: str) -> list[str]:
     return problems
 
 
+def inline_children(tokens):
+    """The inline tokens (code spans, links, images) of every block token."""
+    return (child for token in tokens for child in token.children or [])
+
+
 def inline_code(tokens) -> list[str]:
-    spans = []
-    for token in tokens:
-        for child in token.children or []:
-            if child.type == "code_inline":
-                spans.append(child.content)
-    return spans
+    return [child.content for child in inline_children(tokens) if child.type == "code_inline"]
 
 
 def link_targets(tokens) -> list[str]:
-    targets = []
-    for token in tokens:
-        for child in token.children or []:
-            if child.type == "link_open":
-                targets.append(child.attrGet("href"))
-            elif child.type == "image":
-                targets.append(child.attrGet("src"))
+    attr = {"link_open": "href", "image": "src"}
+    targets = [child.attrGet(attr[child.type]) for child in inline_children(tokens) if child.type in attr]
     return [t for t in targets if t]
 
 

@@ -118,13 +118,17 @@ class GenerationOptions:
         require(checks)
 
 
+def hashed_seed(*parts: object) -> int:
+    """A seed from a hash of ``parts`` joined by ':' (< 2**32: valid for torch and vLLM)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
 def sample_seed(base: int, prompt_id: str, sample_idx: int) -> int:
     """The seed of one sample: a hash of the stage's base seed, the prompt and the sample index."""
-    digest = hashlib.sha256(f"{base}:{prompt_id}:{sample_idx}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")  # < 2**32: valid for torch and vLLM
+    return hashed_seed(base, prompt_id, sample_idx)
 
 
 def rollout_seed(seed: int, step: int, pid: str, sample_idx: int) -> int:
     """The seed of one on-policy sample: also keyed by the optimizer step."""
-    digest = hashlib.sha256(f"{seed}:{step}:{pid}:{sample_idx}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
+    return hashed_seed(seed, step, pid, sample_idx)

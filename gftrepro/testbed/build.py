@@ -47,7 +47,6 @@ def recipe_hash(name: str) -> str:
 def chat_pairs(splits: tuple[str, ...], variants: int, seed: int) -> list[tuple[str, str]]:
     """(prompt, response) texts of the bundled ``splits`` as the pipeline formats them; each arithmetic
     problem of the fine-tuning kind also gets ``variants`` solutions in random valid step orders."""
-    import json
     import random
 
     from gftrepro.problems import BUNDLED
