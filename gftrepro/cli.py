@@ -12,7 +12,9 @@ import dataclasses
 import inspect
 import logging
 import os
+import signal
 import sys
+import threading
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -62,8 +64,21 @@ def cut(text: str, limit: int = 1000) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit:,} more characters)"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread stands so it unwinds like Ctrl-C (pools stopped, locks freed)."""
+
+
+def on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def guarded(fn: Callable[[], Any]) -> Any:
-    """Run a command body: GftError -> one line and exit 2; anything else -> one line and exit 1."""
+    """Run a command body: GftError -> one line and exit 2; anything else -> one line and exit 1.
+
+    SIGINT and SIGTERM both unwind (verifier workers stopped, finished work kept) and say how to resume.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main else None
     try:
         quiet_libraries()
         return fn()
@@ -72,15 +87,20 @@ def guarded(fn: Callable[[], Any]) -> Any:
             raise
         err.print(f"[red]error:[/red] {cut(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        err.print("interrupted: complete shards are kept; rerun the same command to resume")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as e:
+        name, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        err.print(f"{name}: finished work is kept (complete shards, checkpoints, versions); "
+                  "rerun the same command to resume")
+        raise typer.Exit(code) from None
     except Exception as e:
         if STATE["debug"]:
             raise
         err.print(f"[red]internal error:[/red] {type(e).__name__}: {e} (rerun with gft --debug for the traceback)",
                   highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def flag_parameters(config_cls: type, defaults: dict[str, Any]) -> list[inspect.Parameter]:

@@ -7,21 +7,57 @@ past ``timeout`` seconds is killed (SIGKILL) and replaced, and its item is repor
 The pool never waits on a hung worker: at most ``timeout`` plus a process start per bad item.
 
 Workers come from a ``forkserver`` (a clean, single-threaded parent to fork from), so a caller
-that has pyarrow or torch threads running is safe.
+that has pyarrow or torch threads running is safe. Two more guarantees:
+
+- **The deadline counts the item, not the start-up.** A worker says it is ready once its function is
+  imported; only then does it get an item and its clock start (a loaded machine once turned correct
+  answers into timeouts because each new worker's imports ate the deadline).
+- **Workers die with gft.** The fork server and every worker ask the kernel for SIGKILL when their
+  parent dies (Linux ``PR_SET_PDEATHSIG``; the server through ``gftrepro.orphans``), so a SIGKILLed
+  gft leaves no worker burning CPU on a power tower; a worker also leaves when its pipe closes.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
+import os
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 TIMED_OUT = object()  # the result given for an item that passed its deadline
+READY = "ready"  # a new worker's first message
+START_LIMIT = 300.0  # seconds a new worker may take to import its function before the pool gives up
 
 
-def worker_loop(fn: Callable[..., Any], conn: Connection) -> None:
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux; elsewhere a no-op)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def worker_loop(fn: Callable[..., Any], conn: Connection, owner: int) -> None:
+    die_with_parent()  # the parent is the fork server, which itself dies with the owner (gftrepro.orphans)
+    if not alive(owner):  # the owner died before the request above took hold
+        os._exit(1)
+    conn.send(READY)
     while True:
         try:
             item = conn.recv()
@@ -39,11 +75,19 @@ def worker_loop(fn: Callable[..., Any], conn: Connection) -> None:
 class Worker:
     def __init__(self, ctx: Any, fn: Callable[..., Any]):
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=worker_loop, args=(fn, child), daemon=True)
+        self.process = ctx.Process(target=worker_loop, args=(fn, child, os.getpid()), daemon=True)
         self.process.start()
         child.close()
         self.key: Any = None
         self.started = 0.0
+
+    def ready(self) -> None:
+        """Wait for the worker's first message (its imports done), so no deadline counts them."""
+        if not self.conn.poll(START_LIMIT):
+            self.kill()
+            raise RuntimeError(f"a verifier worker did not start within {START_LIMIT:.0f} s")
+        if self.conn.recv() != READY:
+            raise RuntimeError("a verifier worker sent something before it was ready")
 
     def submit(self, key: Any, args: tuple) -> None:
         self.key, self.started = key, time.monotonic()
@@ -74,13 +118,16 @@ class DeadlinePool:
     def __init__(self, fn: Callable[..., Any], workers: int, timeout: float, preload: list[str] | None = None):
         self.fn, self.size, self.timeout = fn, max(1, workers), timeout
         self.ctx = mp.get_context("forkserver")
-        if preload:  # modules imported once in the fork server, so a replacement worker starts fast
-            self.ctx.set_forkserver_preload(preload)
+        # modules imported once in the fork server, so a replacement worker starts fast; the first
+        # makes the fork server die with this process
+        self.ctx.set_forkserver_preload(["gftrepro.orphans", *(preload or [])])
         self.workers: list[Worker] = []
         self.timeouts = 0
 
     def __enter__(self) -> DeadlinePool:
         self.workers = [Worker(self.ctx, self.fn) for _ in range(self.size)]
+        for w in self.workers:  # all started side by side, then waited for: no clock runs meanwhile
+            w.ready()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -115,7 +162,7 @@ class DeadlinePool:
                 feed(worker)
             now = time.monotonic()
             for conn, worker in list(busy.items()):
-                if now - worker.started > self.timeout:
+                if now - worker.started > self.timeout and not conn.poll():  # a sent answer is never late
                     del busy[conn]
                     self.timeouts += 1
                     key = worker.key
@@ -126,4 +173,7 @@ class DeadlinePool:
     def replace(self, worker: Worker) -> None:
         worker.kill()
         self.workers.remove(worker)
-        self.workers.append(Worker(self.ctx, self.fn))
+        fresh = Worker(self.ctx, self.fn)
+        fresh.ready()
+        self.workers.append(fresh)
+

@@ -201,3 +201,83 @@ def test_a_benchmark_row_with_a_nan_gold_is_skipped_and_counted(tmp_path):
     (tmp_path / "gsm8k" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     problems, source = load_benchmark(REGISTRY["gsm8k"], str(tmp_path))
     assert [p["gold"] for p in problems] == ["5"] and "1 rows without a gold answer skipped" in source
+
+
+def test_the_deadline_does_not_count_a_workers_start_up():
+    """Finding 5: each worker spent its first item's deadline importing; trivial items came back ``timeout``."""
+    from slow_import import echo
+
+    from gftrepro.pool import TIMED_OUT, DeadlinePool
+
+    with DeadlinePool(echo, workers=2, timeout=1.0) as pool:
+        got = sorted((key, ok, result is TIMED_OUT) for key, ok, result in pool.run((i, (i,)) for i in range(6)))
+    assert got == [(i, True, False) for i in range(6)]
+    assert pool.timeouts == 0
+
+
+ORPHAN_SCRIPT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from slow_import import spin
+from gftrepro.pool import DeadlinePool
+with DeadlinePool(spin, workers=2, timeout=600.0) as pool:
+    print("running", flush=True)
+    for _ in pool.run((i, (i,)) for i in range(2)):
+        pass
+"""
+
+
+def marked_processes(marker: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "environ").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_verifier_workers_die_with_gft(tmp_path, sig):
+    """Finding 4: after SIGKILL/SIGTERM of gft the fork server and its workers kept burning CPU for 584 s."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    marker = f"GFT_ORPHAN_TEST={uuid.uuid4().hex}"
+    env = {**os.environ, marker.split("=")[0]: marker.split("=")[1]}
+    script = ORPHAN_SCRIPT.format(tests=str(Path(__file__).parent))
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "running"
+        time.sleep(0.5)
+        assert len(marked_processes(marker)) >= 4  # gft, the fork server, two spinning workers
+        proc.send_signal(getattr(signal, sig))
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while marked_processes(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marked_processes(marker) == []
+    finally:
+        for pid in marked_processes(marker):
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+
+
+@pytest.mark.parametrize(("sig", "word", "code"), [("SIGTERM", "terminated", 143), ("SIGINT", "interrupted", 130)])
+def test_sigterm_unwinds_like_sigint_and_says_how_to_resume(sig, word, code):
+    """Findings 4 and 15: SIGTERM killed gft silently (no pool shut down, nothing said)."""
+    import subprocess
+    import sys
+
+    script = ("import os, signal, sys, time\nimport typer\nfrom gftrepro.cli import guarded\ntry:\n"
+              f"    guarded(lambda: (os.kill(os.getpid(), signal.{sig}), time.sleep(30)))\n"
+              "except typer.Exit as e:\n    sys.exit(e.exit_code)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == code
+    assert f"{word}: finished work is kept" in done.stderr and "rerun the same command" in done.stderr
