@@ -79,20 +79,30 @@ def atomic_write_json(path: Path, payload: Any) -> None:
 
 
 def write_table(path: Path, table: pa.Table, metadata: dict[str, Any] | None = None) -> None:
-    """Write Parquet to a temporary name in the same folder, then rename into place."""
+    """Write Parquet to a temporary name in the same folder, then rename into place.
+
+    ``metadata`` (timings) goes to a hidden side file written first, never into the Parquet file: the
+    same work gives byte-identical shards on any machine, so their hashes mean the content.
+    """
     if metadata:
-        meta = dict(table.schema.metadata or {})
-        meta[b"gft"] = json.dumps(metadata, default=str).encode()
-        table = table.replace_schema_metadata(meta)
+        atomic_write_json(side_file(path), metadata)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, path)
 
 
+def side_file(shard: Path) -> Path:
+    return shard.with_name(f".{shard.name}.json")
+
+
 def shard_metadata(path: Path) -> dict[str, Any]:
-    """The ``gft`` key-value metadata stored with a shard (timings, token counts)."""
-    meta = pq.read_schema(path).metadata or {}
-    return json.loads(meta.get(b"gft", b"{}"))
+    """What was measured while a shard was made (timings): its side file, or, for shards written before
+    side files, the Parquet key-value metadata."""
+    try:
+        return json.loads(side_file(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = pq.read_schema(path).metadata or {}
+        return json.loads(meta.get(b"gft", b"{}"))
 
 
 def file_sha256(path: Path) -> str:
@@ -258,14 +268,32 @@ def listed_files(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 def open_version(run_dir: Path, stage: str, config: dict[str, Any], inputs: dict[str, Any],
                  full_config: dict[str, Any]) -> VersionDir:
-    """Create (or find) the version folder for this exact config and inputs."""
-    version = content_hash({"stage": stage, "config": config, "inputs": inputs})
+    """Create (or find) the version folder for this exact config and inputs.
+
+    Paths inside the run folder enter the hash relative to it (``run:train/<version>/model``), so a
+    copied or moved run folder keeps every version id; everything else is hashed as given.
+    """
+    payload = within_run({"stage": stage, "config": config, "inputs": inputs}, run_dir)
+    version = content_hash(payload)
     folder = run_dir / stage / version
     ensure_writable(folder)
     if not (folder / CONFIG).exists():
         atomic_write_json(folder / CONFIG, {"stage": stage, "version": version, "config": full_config,
                                             "inputs": inputs, "created_at": now()})
     return VersionDir(folder, stage, version)
+
+
+def within_run(value: Any, run_dir: Path) -> Any:
+    """``value`` with every string naming a path inside ``run_dir`` written as ``run:<relative path>``."""
+    if isinstance(value, dict):
+        return {k: within_run(v, run_dir) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [within_run(v, run_dir) for v in value]
+    if isinstance(value, str):
+        for root in {str(run_dir), str(run_dir.resolve())}:
+            if value.startswith(f"{root}/"):
+                return f"run:{value[len(root) + 1:]}"
+    return value
 
 
 def now() -> str:

@@ -281,3 +281,27 @@ def test_sigterm_unwinds_like_sigint_and_says_how_to_resume(sig, word, code):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == code
     assert f"{word}: finished work is kept" in done.stderr and "rerun the same command" in done.stderr
+
+
+def test_a_copied_run_folder_keeps_its_version_ids(tmp_path):
+    """Finding 14: eval versions hashed a trained model's absolute path, so a copied run re-evaluated every model."""
+    ids = []
+    for name in ("run", "copy of run"):
+        run = tmp_path / name
+        config = {"model": str(run / "train" / "0123abcd" / "model"), "n": 4}
+        inputs = {"model": {"ref": str(run.resolve() / "train" / "0123abcd" / "model"), "fingerprint": "f"}}
+        ids.append(store.open_version(run, "eval", config, inputs, config).version)
+    assert ids[0] == ids[1]
+    other = store.open_version(tmp_path / "run", "eval", {"model": "/elsewhere/model", "n": 4}, {}, {})
+    assert other.version != ids[0]  # a path outside the run is hashed as given
+
+
+def test_shard_bytes_do_not_depend_on_timings(tmp_path):
+    """Finding 14: shards carried ``generation_seconds`` in their Parquet metadata, so identical work differed."""
+    import pyarrow as pa
+
+    table = pa.table({"x": [1, 2, 3]})
+    store.write_table(tmp_path / "a.parquet", table, {"generation_seconds": 1.25})
+    store.write_table(tmp_path / "b.parquet", table, {"generation_seconds": 9.5})
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    assert store.shard_metadata(tmp_path / "b.parquet") == {"generation_seconds": 9.5}
