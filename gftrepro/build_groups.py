@@ -54,6 +54,7 @@ from gftrepro.groups import (
     candidate_pools,
     compose,
     group_advantages,
+    groups_line,
     load_completions,
     load_rewards,
     read_inputs,
@@ -126,7 +127,7 @@ def run(config: BuildGroupsConfig, run_dir: Path, console: Console | None = None
     inputs = {"verify": verify.version, "student": {"ref": model.ref, "fingerprint": model.fingerprint}}
     vdir = open_stage(run_dir, "build-groups", config, inputs, console)
     if vdir.is_complete(hashes=True):
-        return already_done(vdir, console, summary_line)
+        return already_done(vdir, console, groups_line)
     with writing(vdir, console):
         return write_version(config, vdir, verify, sampled, model, system_prompt, template, console)
 
@@ -153,7 +154,7 @@ def write_version(config: BuildGroupsConfig, vdir: store.VersionDir, verify: sto
     singles = [vdir.path / "sft.parquet", vdir.path / "sft-mix.parquet"]
     manifest = store.finalize(vdir, count, {"summary": counts}, singles)
     assert manifest is not None
-    done_line(console, summary_line(manifest))
+    done_line(console, groups_line(manifest))
     return manifest
 
 
@@ -231,11 +232,3 @@ def write_single(path: Path, pools: dict[str, Candidates], prompts: dict, proble
         rows.extend(training_row(len(rows), pid, m, prompts, problems, 1.0) for m in members)
     store.write_table(path, rows_table(rows))
 
-
-def summary_line(manifest: dict) -> str:
-    """Groups with signal out of prompts in, zero-variance groups by kind, mean reward per sampled source."""
-    s = manifest["summary"]
-    rewards = ", ".join(f"{src} {st['mean_reward']:.2f}" for src, st in s["by_source"].items() if src != "expert")
-    zero = ", ".join(f"{n} zero-var: {kind}" for kind, n in sorted(s["zero_variance"].items()) if n)
-    return (f"{s['groups_out']}/{s['prompts_in']} groups" + (f" ({zero})" if zero else "")
-            + (f"; reward {rewards}" if rewards else ""))

@@ -156,6 +156,19 @@ def content_hash(payload: Any, length: int = 12) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
+def within_run(value: Any, run_dir: Path) -> Any:
+    """``value`` with every string naming a path inside ``run_dir`` written as ``run:<relative path>``."""
+    if isinstance(value, dict):
+        return {k: within_run(v, run_dir) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [within_run(v, run_dir) for v in value]
+    if isinstance(value, str):
+        for root in {str(run_dir), str(run_dir.resolve())}:
+            if value.startswith(f"{root}/"):
+                return f"run:{value[len(root) + 1:]}"
+    return value
+
+
 def to_yaml(config: Any) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True, width=100)
 

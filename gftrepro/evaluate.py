@@ -241,7 +241,10 @@ def write_metrics(config: EvalConfig, vdir: store.VersionDir, benches: list[Benc
     metrics = {"n": n, "ks": ks, "benchmarks": per_bench, "average": macro_average(per_bench),
                "capped_samples": capped, "found_by": found, "model": config.model, "temperature": config.temperature}
     path = vdir.path / f"metrics-n{n}.json"
-    if vdir.is_complete() and path.exists() and json.loads(path.read_text()) == json.loads(json.dumps(metrics)):
+    same = json.loads(json.dumps(metrics))
+    # the manifest says the last n evaluated: an eval at another n in between means the reports are rewritten
+    if vdir.is_complete() and path.exists() and json.loads(path.read_text()) == same \
+            and vdir.read_manifest().get("metrics") == same:
         manifest = vdir.read_manifest()
         done_line(console, summary_line(metrics), "already complete, nothing to sample")
     else:

@@ -170,3 +170,29 @@ def candidate_pools(rewards: list[dict], completions: dict, problems: dict[str, 
         getattr(pool, source).append({"sample_idx": r["sample_idx"], "completion": text, "reward": r["reward"],
                                       "logprobs": logprobs, "source": source})
     return pools
+
+
+def groups_line(manifest: dict) -> str:
+    """Groups with signal out of prompts in, zero-variance groups by kind, mean reward per sampled source."""
+    s = manifest["summary"]
+    rewards = ", ".join(f"{src} {st['mean_reward']:.2f}" for src, st in s["by_source"].items() if src != "expert")
+    zero = ", ".join(f"{n} zero-var: {kind}" for kind, n in sorted(s["zero_variance"].items()) if n)
+    dropped = ", ".join(f"{n} dropped: {reason}" for reason, n in sorted(s.get("dropped", {}).items()) if n)
+    line = (f"{s['groups_out']}/{s['prompts_in']} groups" + (f" ({zero})" if zero else "")
+            + (f"; {dropped}" if dropped else "") + (f"; reward {rewards}" if rewards else ""))
+    if not s["groups_out"]:
+        line += ("; no group to train group methods on (sft and sft-mix still can): "
+                 + empty_hint(s))
+    return line
+
+
+def empty_hint(summary: dict) -> str:
+    """What to change when no group survived, from why the prompts went."""
+    dropped = summary.get("dropped", {})
+    if any("teacher" in r for r in dropped):
+        return "sample more teacher completions (gft sample-teacher --n) or set build-groups n_teacher lower"
+    if any("self" in r for r in dropped):
+        return "sample more self completions (gft sample-self --n) or set build-groups n_self lower"
+    if any("expert" in r for r in dropped):
+        return "the problems need expert solutions, or set build-groups n_expert 0"
+    return "every group had equal rewards; use more problems, or build-groups keep_zero_variance true"

@@ -95,6 +95,10 @@ class RunConfig:
             raise GftError(f"no methods given (known: {', '.join(RUN_METHODS)})")
         for entry in self.methods:
             chain(entry)
+        twice = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if twice:  # one model trained once would be counted as several seeds
+            raise GftError(f"methods list {', '.join(twice)} more than once; each entry is one model per seed "
+                           "(use --seeds N for more seeds)")
         for method, keys in self.per_method.items():
             if method not in REGISTRY or not isinstance(keys, dict):
                 raise GftError(f"per_method: '{method}' must be a train method ({', '.join(REGISTRY)}) mapping to "

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import re
 import tempfile
 import time
@@ -37,10 +36,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import gftrepro
-from gftrepro.config import content_hash
+from gftrepro.config import content_hash, within_run
 from gftrepro.errors import GftError
 from gftrepro.locks import alive, running
+from gftrepro.provenance import environment
 
 # pipeline order; each stage adds itself here when it exists
 STAGES = ("sample-teacher", "sample-self", "verify", "build-groups", "train", "eval")
@@ -283,38 +282,8 @@ def open_version(run_dir: Path, stage: str, config: dict[str, Any], inputs: dict
     return VersionDir(folder, stage, version)
 
 
-def within_run(value: Any, run_dir: Path) -> Any:
-    """``value`` with every string naming a path inside ``run_dir`` written as ``run:<relative path>``."""
-    if isinstance(value, dict):
-        return {k: within_run(v, run_dir) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [within_run(v, run_dir) for v in value]
-    if isinstance(value, str):
-        for root in {str(run_dir), str(run_dir.resolve())}:
-            if value.startswith(f"{root}/"):
-                return f"run:{value[len(root) + 1:]}"
-    return value
-
-
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def environment() -> dict[str, Any]:
-    """Versions of what can change results."""
-    env = {"gft": gftrepro.__version__, "python": platform.python_version(), "platform": platform.platform()}
-    for mod in ("torch", "transformers", "vllm", "datasets", "pyarrow"):
-        try:
-            env[mod] = __import__(mod).__version__
-        except Exception:  # not installed (vllm is optional) or broken import
-            continue
-    try:
-        import torch
-
-        env["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    except Exception:
-        env["device"] = "unknown"
-    return env
 
 
 def finalize(vdir: VersionDir, shard_count: int, extra: dict[str, Any],

@@ -50,6 +50,7 @@ from gftrepro.engine.config import TrainConfig
 from gftrepro.engine.state import summary_line
 from gftrepro.engine.trainer import Trainer, make_accelerator, start_model, writing_version
 from gftrepro.errors import GftError
+from gftrepro.groups import groups_line
 from gftrepro.models import load_tokenizer
 from gftrepro.stage import already_done, open_stage
 
@@ -68,7 +69,8 @@ def read_rows(vdir: store.VersionDir, dataset: str) -> list[dict]:
         if r["advantage"] is None or not math.isfinite(r["advantage"]):
             raise GftError(f"advantage {r['advantage']} in group {r['group_id']} of {vdir.path} is not finite")
     if not rows:
-        raise GftError(f"no rows to train on in {vdir.path} ({dataset}): every group was dropped or had zero variance")
+        raise GftError(f"no rows to train on in {vdir.path} ({dataset}); build-groups said: "
+                       f"{groups_line(vdir.read_manifest())}")
     return rows
 
 

@@ -4,6 +4,7 @@ before its fix. Fast and in-process unless the finding is about processes."""
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -305,3 +306,35 @@ def test_shard_bytes_do_not_depend_on_timings(tmp_path):
     store.write_table(tmp_path / "b.parquet", table, {"generation_seconds": 9.5})
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
     assert store.shard_metadata(tmp_path / "b.parquet") == {"generation_seconds": 9.5}
+
+
+def test_an_eval_at_another_n_in_between_does_not_leak_into_the_result(tmp_path):
+    """Finding 8: after ``gft eval --n 8`` on the base, ``gft run``'s n = 4 eval returned the n = 8 metrics."""
+    from gftrepro.evaluate import EvalConfig
+    from gftrepro.evaluate import run as evaluate
+
+    base = EvalConfig(model="testbed:student", limit=3, shard_size=3, max_new_tokens=8)
+    first = evaluate(dataclasses.replace(base, n=4, pass_k=4), tmp_path, show_table=False)
+    evaluate(dataclasses.replace(base, n=8, pass_k=8), tmp_path, show_table=False)
+    again = evaluate(dataclasses.replace(base, n=4, pass_k=4), tmp_path, show_table=False)
+    assert again["metrics"]["n"] == 4 and again["metrics"] == first["metrics"]
+
+
+def test_a_method_listed_twice_is_refused(tmp_path):
+    """Finding 11: ``--methods sft,sft`` counted one model as two seeds (std 0.0, ``seeds: 2``)."""
+    out = cli("run", "--run", str(tmp_path / "run"), "--methods", "sft,gft,sft")
+    assert out.returncode == 2 and "methods list sft more than once" in out.stderr
+    assert not (tmp_path / "run" / "train").exists()
+
+
+def test_no_groups_says_why_and_what_to_change(grouped_template, tmp_path):
+    """Finding 15: too few teacher samples gave ``done: 0/8 groups``, and train said only "every group was dropped"."""
+    from conftest import copy_run
+
+    run = copy_run(grouped_template, tmp_path / "run")
+    out = cli("build-groups", "--run", str(run), "--teacher", "50")
+    assert out.returncode == 0, out.stderr
+    assert "dropped: too few teacher completions" in out.stdout and "gft sample-teacher --n" in out.stdout
+    version = sorted((run / "build-groups").iterdir(), key=lambda p: p.stat().st_mtime)[-1].name
+    out = cli("train", "--run", str(run), "--method", "gft", "--build-groups-version", version, "--max-steps", "1")
+    assert out.returncode == 2 and "dropped: too few teacher completions" in out.stderr
