@@ -97,6 +97,7 @@ class EvalConfig(GenerationOptions):
                            f"got {self.n})")
         if not self.pass_k <= self.samples:
             raise GftError(f"pass_k must be in [1, n]: k = {self.pass_k} > n = {self.samples}")
+        self.validate_samples(self.samples)
         if self.limit < 0 or self.shard_size < 1:
             raise GftError("limit must be >= 0 and shard_size >= 1")
 

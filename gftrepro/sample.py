@@ -60,8 +60,8 @@ class SampleConfig(GenerationOptions):
 
     def validate(self) -> None:
         self.validate_generation()
+        self.validate_samples(self.n)
         checks = [
-            (self.n >= 1, f"n must be at least 1, got {self.n}"),
             (self.limit >= 0, f"limit must be >= 0, got {self.limit}"),
             (self.shard_size >= 1, f"shard_size must be at least 1, got {self.shard_size}"),
             (self.num_shards >= 1 and 0 <= self.shard_index < self.num_shards,

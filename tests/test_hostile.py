@@ -338,3 +338,36 @@ def test_no_groups_says_why_and_what_to_change(grouped_template, tmp_path):
     version = sorted((run / "build-groups").iterdir(), key=lambda p: p.stat().st_mtime)[-1].name
     out = cli("train", "--run", str(run), "--method", "gft", "--build-groups-version", version, "--max-steps", "1")
     assert out.returncode == 2 and "dropped: too few teacher completions" in out.stderr
+
+
+def test_compare_refuses_damaged_foreign_and_mismatched_evaluations(tmp_path):
+    """Findings 9 and 13: --compare showed a damaged version, crashed on a corrupt manifest or a train folder, and
+    printed deltas between evals of 8 and 4 problems."""
+    from conftest import restamp
+
+    def eval_version(name: str, problems: int, stage: str = "eval") -> Path:
+        vdir = store.open_version(tmp_path / name, stage, {"x": name}, {}, {"x": name})
+        (vdir.path / "metrics-n4.json").write_text("{}")
+        metrics = {"n": 4, "ks": [1], "model": name, "benchmarks": {"b": {"problems": problems, "pass@1": 0.5}}}
+        store.atomic_write_json(vdir.manifest_path, {"stage": stage, "version": vdir.version, "complete": True,
+                                                     "metrics": metrics, "files": [], "config": {}, "summary": {}})
+        restamp(vdir.path)
+        return vdir.path
+
+    a, b, c = eval_version("a", 8), eval_version("b", 4), eval_version("c", 8)
+    train = eval_version("t", 8, stage="train")
+    out = cli("eval", "--run", str(tmp_path), "--compare", f"{a},{b}")
+    assert out.returncode == 2 and "different numbers of problems" in out.stderr
+    assert cli("eval", "--run", str(tmp_path), "--compare", f"{a},{c}").returncode == 0
+    out = cli("eval", "--run", str(tmp_path), "--compare", f"{a},{train}")
+    assert out.returncode == 2 and "is a train version, not an evaluation" in out.stderr
+    (c / "manifest.json").write_text("{")
+    out = cli("eval", "--run", str(tmp_path), "--compare", f"{a},{c}")
+    assert out.returncode == 2 and "damaged" in out.stderr
+
+
+@pytest.mark.parametrize("command", ["sample-teacher", "eval"])
+def test_an_absurd_sample_count_is_refused_at_once(tmp_path, command):
+    """Finding 13: ``--n 100000000000`` hung building requests."""
+    out = cli(command, "--run", str(tmp_path), "--n", "100000000000", "--limit", "2")
+    assert out.returncode == 2 and "must be in [1, 100,000]" in out.stderr

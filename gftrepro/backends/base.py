@@ -18,6 +18,7 @@ from gftrepro.errors import GftError
 from gftrepro.prompts import QWEN_MATH_COT
 
 BACKENDS = ("hf", "vllm")
+MAX_SAMPLES = 100_000  # samples per problem: the paper's largest is 128; a typo of 10^11 would hang building requests
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,10 @@ class GenerationOptions:
     gpu_memory_utilization: float = opt(0.9, "vllm: share of GPU memory for weights and KV cache", versioned=False)
     max_model_len: int = opt(0, "vllm: context length (0 = the model's)")
     enforce_eager: bool = opt(False, "vllm: skip CUDA-graph / torch.compile capture (faster start)", versioned=False)
+
+    def validate_samples(self, n: int) -> None:
+        """``n`` samples per problem: at least 1, and at most ``MAX_SAMPLES`` (each is a request held in memory)."""
+        require([(1 <= n <= MAX_SAMPLES, f"n (samples per problem) must be in [1, {MAX_SAMPLES:,}], got {n:,}")])
 
     def validate_generation(self) -> None:
         check_backend(self.backend)
