@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -260,6 +261,11 @@ def plan(
     guarded(body)
 
 
+def short_time(when: str) -> str:
+    """``2026-12-02T21:19:25+0000`` -> ``12-02 21:19`` (a status table fits 80 columns); anything else as is."""
+    return when[5:16].replace("T", " ") if len(when) >= 16 and when[4] == "-" else when
+
+
 @app.command("status")
 def status(run: Path = typer.Option(DEFAULT_RUN, "--run", help="run folder"),
            verify: bool = typer.Option(False, "--verify", help="also check every file's sha256 against its manifest "
@@ -273,16 +279,16 @@ def status(run: Path = typer.Option(DEFAULT_RUN, "--run", help="run folder"),
             raise GftError(f"--run {run} is a file, not a run folder")
         if not run.is_dir():
             raise GftError(f"run folder {run} does not exist (run a stage first, or pass --run)")
-        table = Table(title=f"gft status: {run}" + (" (hashes checked)" if verify else ""))
-        for col in ("stage", "version", "state", "shards", "rows", "completed", "method / model / problem"):
-            table.add_column(col, overflow="fold")
+        table = Table(title=f"gft status: {run}" + (" (hashes checked)" if verify else ""), box=box.SIMPLE_HEAD)
+        for col in ("stage", "version", "state", "shards", "rows", "done", "what"):  # what: method, model, problem
+            table.add_column(col, overflow="fold", no_wrap=col in ("stage", "version", "state", "shards", "done"))
         colors = {"complete": "green", "partial": "yellow", "running": "cyan", "damaged": "red", "missing": "dim"}
         rows = store.status_rows(run, hashes=verify)
         for r in rows:
             table.add_row(r["stage"], r["version"], f"[{colors[r['state']]}]{r['state']}[/]", r["shards"], r["rows"],
-                          r["when"], r["what"])
+                          short_time(r["when"]), r["what"])
         console = Console()
-        Console(width=max(console.width, 140), file=console.file).print(table)
+        console.print(table)  # every column folds: nothing is cut with an ellipsis at 80 columns
         damaged = [r for r in rows if r["state"] == "damaged"]
         if damaged:
             console.print(f"{len(damaged)} damaged version(s): rerun their stage to redo the damaged parts",

@@ -371,3 +371,12 @@ def test_an_absurd_sample_count_is_refused_at_once(tmp_path, command):
     """Finding 13: ``--n 100000000000`` hung building requests."""
     out = cli(command, "--run", str(tmp_path), "--n", "100000000000", "--limit", "2")
     assert out.returncode == 2 and "must be in [1, 100,000]" in out.stderr
+
+
+def test_gft_status_fits_80_columns(grouped_template, monkeypatch):
+    """Finding 17: ``gft status`` forced a 140-column table."""
+    monkeypatch.setenv("COLUMNS", "80")
+    out = cli("status", "--run", str(grouped_template))
+    assert out.returncode == 0, out.stderr
+    assert "…" not in out.stdout and max(len(line) for line in out.stdout.splitlines()) <= 80
+    assert "build-groups" in out.stdout and "complete" in out.stdout

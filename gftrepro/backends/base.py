@@ -108,7 +108,8 @@ class GenerationOptions:
 
     def validate_samples(self, n: int) -> None:
         """``n`` samples per problem: at least 1, and at most ``MAX_SAMPLES`` (each is a request held in memory)."""
-        require([(1 <= n <= MAX_SAMPLES, f"n (samples per problem) must be in [1, {MAX_SAMPLES:,}], got {n:,}")])
+        require([(n >= 1, f"n must be at least 1, got {n}"),
+                 (n <= MAX_SAMPLES, f"n (samples per problem) must be in [1, {MAX_SAMPLES:,}], got {n:,}")])
 
     def validate_generation(self) -> None:
         check_backend(self.backend)
