@@ -244,9 +244,8 @@ def write_metrics(config: EvalConfig, vdir: store.VersionDir, benches: list[Benc
     path = vdir.path / f"metrics-n{n}.json"
     same = json.loads(json.dumps(metrics))
     # the manifest says the last n evaluated: an eval at another n in between means the reports are rewritten
-    if vdir.is_complete() and path.exists() and json.loads(path.read_text()) == same \
-            and vdir.read_manifest().get("metrics") == same:
-        manifest = vdir.read_manifest()
+    manifest = vdir.read_manifest() if vdir.is_complete() and path.exists() else {}
+    if manifest.get("metrics") == same and json.loads(path.read_text()) == same:
         done_line(console, summary_line(metrics), "already complete, nothing to sample")
     else:
         files = sorted(p for b in benches for p in bench_folder(vdir, b, config.limit).iterdir() if p.is_file()

@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from gftrepro.locks import alive
+
 TIMED_OUT = object()  # the result given for an item that passed its deadline
 READY = "ready"  # a new worker's first message
 START_LIMIT = 300.0  # seconds a new worker may take to import its function before the pool gives up
@@ -41,16 +43,6 @@ def die_with_parent() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def worker_loop(fn: Callable[..., Any], conn: Connection, owner: int) -> None:
@@ -176,4 +168,3 @@ class DeadlinePool:
         fresh = Worker(self.ctx, self.fn)
         fresh.ready()
         self.workers.append(fresh)
-
