@@ -9,6 +9,7 @@ Bad input prints one line ``error: ...`` and exits 2; ``gft --debug ...`` shows 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import inspect
 import logging
 import os
@@ -93,15 +94,27 @@ def guarded(fn: Callable[[], Any]) -> Any:
         err.print(f"{name}: finished work is kept (complete shards, checkpoints, versions); "
                   "rerun the same command to resume")
         raise typer.Exit(code) from None
-    except Exception as e:
-        if STATE["debug"]:
-            raise
-        err.print(f"[red]internal error:[/red] {type(e).__name__}: {e} (rerun with gft --debug for the traceback)",
+    except OSError as e:
+        if STATE["debug"] or e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise_internal(e)
+        err.print(f"[red]error:[/red] disk full{f' writing {e.filename}' if e.filename else ''}: free space and rerun "
+                  "the same command; finished work is kept (complete shards, checkpoints, versions)",
                   highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    except Exception as e:
+        raise_internal(e)
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)
+
+
+def raise_internal(e: Exception) -> None:
+    """Anything unexpected: one line and exit 1 (``gft --debug`` re-raises it with its traceback)."""
+    if STATE["debug"]:
+        raise e
+    err.print(f"[red]internal error:[/red] {type(e).__name__}: {e} (rerun with gft --debug for the traceback)",
+              highlight=False, soft_wrap=True)
+    raise typer.Exit(1) from None
 
 
 def flag_parameters(config_cls: type, defaults: dict[str, Any]) -> list[inspect.Parameter]:
@@ -250,13 +263,15 @@ def plan(
         from gftrepro import plan as planner
 
         run_cfg, stages = pipeline.run_config(config, {}), pipeline.stage_configs(config)
+        pipeline.seed_range(run_cfg, stages)
         a = planner.Assumptions(mean_new_tokens, mean_prompt_tokens, gen_tok_s, gpu_gb)
         notes = [planner.memory_note(stages["sample-self"].model, a, stages["train"]),
                  f"assumptions: {mean_new_tokens:.0f} new tokens per sample, {mean_prompt_tokens:.0f} prompt "
                  f"tokens per training sequence, generation {gen_tok_s:,.0f} tok/s per GPU for 1.5B (scaled by "
                  f"1.5 / params), training {planner.TRAIN_TOK_S_1P5B:,} tok/s per H100 for 1.54B (measured, scaled "
                  "by 1.54 / params)"]
-        planner.show(planner.plan_rows(run_cfg, stages, run, a), notes, Console())
+        models = f"models: teacher {stages['sample-teacher'].model}; student {stages['sample-self'].model}"
+        planner.show(planner.plan_rows(run_cfg, stages, run, a), notes, Console(), models)
 
     guarded(body)
 

@@ -82,6 +82,6 @@ def compare(folders: list[Path], run_dir: Path, console: Console) -> dict:
     passk_plot(evals, out / "compare.png")
     console.print(table)
     for label, m in evals.items():
-        console.print(f"{label}: {m.get('model', '?')}", highlight=False, soft_wrap=True)
+        console.print(f"{label}: {m.get('model', '?')}", highlight=False, markup=False)
     console.print(f"n = {n} (smallest of the evaluations); wrote {out / 'compare.md'} and {out / 'compare.png'}")
     return {"compared": labels, "benchmarks": names}

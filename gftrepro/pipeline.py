@@ -106,6 +106,19 @@ class RunConfig:
             cfg.check_keys(TrainConfig, keys, f"per_method.{method}")
         if self.seeds < 1 or self.rounds < 1:
             raise GftError("seeds and rounds must be at least 1")
+        if self.seeds > MAX_SEEDS or self.rounds > MAX_SEEDS:
+            raise GftError(f"seeds and rounds must be at most {MAX_SEEDS:,} (each seed trains every method again)")
+
+
+MAX_SEEDS = 1000
+
+
+def seed_range(config: RunConfig, stages: dict[str, Any]) -> range:
+    """The train seeds of a run: ``seeds`` of them from the train section's seed, all valid seeds."""
+    first = stages["train"].seed
+    if first + config.seeds > 2**32:
+        raise GftError(f"train seed {first} + {config.seeds} seeds runs past 2**32: use a smaller train seed")
+    return range(first, first + config.seeds)
 
 
 def read_run_file(path: Path | None) -> dict[str, Any]:
@@ -151,7 +164,7 @@ def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Conso
     groups = make_groups(stages, run_dir, teacher["version"], student, student, console)
     results: dict[str, list[dict]] = {"base": []}
     curves: dict[str, list[dict]] = {}
-    for seed in range(stages["train"].seed, stages["train"].seed + config.seeds):
+    for seed in seed_range(config, stages):
         base_eval = dataclasses.replace(stages["eval"], model=student, seed=seed)
         base = evaluate.run(base_eval, run_dir, console, show_table=False)
         results["base"].append({"eval": base["metrics"], "train": None})

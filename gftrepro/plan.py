@@ -6,7 +6,10 @@ estimates from stated assumptions (each overridable by a flag):
 
 - generated tokens = samples x ``--mean-new-tokens`` (default 600: an assumption for math
   chain-of-thought; ``gft eval``/sampling record the real ``completion_tokens`` after a first run);
-- trained tokens = training sequences x (``--mean-prompt-tokens`` + mean new tokens) x epochs;
+- trained tokens = training sequences x (``--mean-prompt-tokens`` + mean new tokens) x epochs, or
+  ``max_steps`` x ``batch_size`` sequences where the train config sets ``max_steps``;
+- every training and evaluation is counted once per seed (``seeds``: each seed trains every method and
+  evaluates the base and every model); eval counts ``limit`` problems per benchmark where set;
 - on-policy methods: steps x prompts_per_step x self_k samples generated during training (counted
   as generation) plus the groups' tokens trained, per link of a chain;
 - GPU-hours: generation at ``--gen-tok-s`` x (1.5 / params in B) tokens/s per GPU (default 15,000
@@ -84,20 +87,22 @@ def gpu_hours_gen(tokens: float, model: str, a: Assumptions) -> float | None:
 
 
 def plan_rows(run: Any, stages: dict[str, Any], run_dir: Path, a: Assumptions) -> list[dict]:
+    """One row per stage (and per training link of each method), every training and evaluation counted
+    over ``run.seeds`` seeds: each seed trains every method again and evaluates the base and every model."""
     done = chain(run_dir, stages)
     rows = []
     for source in ("teacher", "self"):
         c = stages[f"sample-{source}"]
         samples = c.limit * c.n
         tokens = samples * a.mean_new_tokens
-        rows.append({"stage": f"sample-{source}", "model": c.model, "work": f"{c.limit:,} prompts x {c.n}",
+        rows.append({"stage": f"sample-{source}", "work": f"{c.limit:,} prompts x {c.n}",
                      "samples": samples, "tokens": tokens, "gpu_h": gpu_hours_gen(tokens, c.model, a),
                      "done": done[f"sample-{source}"]})
     g = stages["build-groups"]
     st, ss = stages["sample-teacher"], stages["sample-self"]
-    rows.append({"stage": "verify", "model": "-", "work": f"{st.limit * (st.n + 1) + ss.limit * ss.n:,} answers",
+    rows.append({"stage": "verify", "work": f"{st.limit * (st.n + 1) + ss.limit * ss.n:,} answers",
                  "samples": None, "tokens": None, "gpu_h": 0.0, "done": done["verify"]})
-    rows.append({"stage": "build-groups", "model": "-", "work": f"K = {g.k} ({g.n_expert}:{g.n_teacher}:{g.n_self})",
+    rows.append({"stage": "build-groups", "work": f"K = {g.k} ({g.n_expert}:{g.n_teacher}:{g.n_self})",
                  "samples": None, "tokens": None, "gpu_h": 0.0, "done": done["build-groups"]})
     from gftrepro.pipeline import chain as links_of
     from gftrepro.pipeline import train_config_for
@@ -107,21 +112,34 @@ def plan_rows(run: Any, stages: dict[str, Any], run_dir: Path, a: Assumptions) -
         links = links_of(entry)
         for method, online in links:
             t = train_config_for(stages, method)
-            rows.append(online_row(entry, method, t, stages, a, p) if online else
-                        offline_row(entry, method, t, stages, run_dir, done, a, p, single=len(links) == 1))
+            if online:
+                rows.append(over_seeds(online_row(entry, method, t, stages, a, p), run.seeds))
+            else:
+                rows.append(over_seeds(offline_row(entry, method, t, stages, run_dir, done, a, p,
+                                                   single=len(links) == 1, seeds=run.seeds), run.seeds))
             if not online and run.rounds > 1 and REGISTRY[method].rounds:
-                rows.append(rounds_row(rows[-1], method, run.rounds, ss, a, p))
+                rows.append(over_seeds(rounds_row(rows[-1], method, run.rounds, ss, a, p, run.seeds), run.seeds))
     e = stages["eval"]
     from gftrepro.evalsets import resolve_names
 
     names = [b.name for b in resolve_names(e.benchmarks)]
-    problems = sum(BENCH_SIZES.get(n, 0) for n in names)
-    samples = problems * e.samples * (len(run.methods) + 1)
+    problems = sum(min(e.limit, BENCH_SIZES.get(n, 0)) if e.limit else BENCH_SIZES.get(n, 0) for n in names)
+    models = (len(run.methods) + 1) * run.seeds  # every seed evaluates the base and each trained model
+    samples = problems * e.samples * models
     tokens = samples * a.mean_new_tokens
-    rows.append({"stage": "eval", "model": f"base + {len(run.methods)} trained",
-                 "work": f"{len(names)} benchmarks, {problems:,} problems x n = {e.samples}", "samples": samples,
+    seeds = f" x {run.seeds} seeds" if run.seeds > 1 else ""
+    rows.append({"stage": "eval", "work": f"base + {len(run.methods)} trained{seeds}: {len(names)} benchmarks, "
+                 f"{problems:,} problems x n = {e.samples}", "samples": samples,
                  "tokens": tokens, "gpu_h": gpu_hours_gen(tokens, ss.model, a), "done": None})
     return rows
+
+
+def over_seeds(row: dict, seeds: int) -> dict:
+    """A training row counted once per seed (each seed trains the method again)."""
+    if seeds == 1:
+        return row
+    scale = {k: None if row[k] is None else row[k] * seeds for k in ("samples", "tokens", "gpu_h")}
+    return row | scale | {"work": f"{row['work']} x {seeds} seeds"}
 
 
 def train_hours(tokens: float, p: float | None) -> float | None:
@@ -129,32 +147,41 @@ def train_hours(tokens: float, p: float | None) -> float | None:
 
 
 def offline_row(entry: str, method: str, t: Any, stages: dict[str, Any], run_dir: Path, done: dict, a: Assumptions,
-                p: float | None, single: bool) -> dict:
+                p: float | None, single: bool, seeds: int = 1) -> dict:
+    """One seed's offline training: ``max_steps`` x ``batch_size`` sequences where max_steps is set (the
+    data cycles), else every sequence once per epoch; complete per seed (``seeds`` from the train seed)."""
     from gftrepro import methods
 
     ss, st, g = stages["sample-self"], stages["sample-teacher"], stages["build-groups"]
-    trained = None
+    trained: list[str] = []
     if single and done["build-groups"]:
-        as_run = dataclasses.replace(t, method=method, build_groups_version=done["build-groups"], model=ss.model)
-        trained = complete_with(run_dir, "train", as_run, {"build-groups": done["build-groups"]})
+        for seed in range(t.seed, t.seed + seeds):
+            as_run = dataclasses.replace(t, method=method, build_groups_version=done["build-groups"], model=ss.model,
+                                         seed=seed)
+            version = complete_with(run_dir, "train", as_run, {"build-groups": done["build-groups"]})
+            trained += [version] if version else []
     data = methods.get(method).data
     sequences = ss.limit * {"groups": g.k, "sft": 1, "sft-mix": 1 + st.n}[data]
-    tokens = sequences * (a.mean_prompt_tokens + a.mean_new_tokens) * t.epochs
-    return {"stage": f"train {method}" + ("" if single else f" ({entry})"), "model": ss.model,
-            "work": f"{sequences:,} sequences", "samples": None, "tokens": tokens, "gpu_h": train_hours(tokens, p),
-            "done": trained}
+    steps = f", {t.max_steps:,} steps x {t.batch_size}" if t.max_steps else ""
+    seen = t.max_steps * t.batch_size if t.max_steps else sequences * t.epochs
+    tokens = seen * (a.mean_prompt_tokens + a.mean_new_tokens)
+    state = (trained[0] if seeds == 1 else f"{len(trained)}/{seeds}") if trained else None
+    return {"stage": f"train {method}" + ("" if single else f" ({entry})"),
+            "work": f"{sequences:,} sequences{steps}", "samples": None, "tokens": tokens,
+            "gpu_h": train_hours(tokens, p), "done": state}
 
 
-def rounds_row(first: dict, method: str, rounds: int, ss: Any, a: Assumptions, p: float | None) -> dict:
+def rounds_row(first: dict, method: str, rounds: int, ss: Any, a: Assumptions, p: float | None,
+               seeds: int = 1) -> dict:
     """``--rounds R``: rounds 2..R each re-sample the self rollouts from the new checkpoint (then verify,
-    build groups) and train again as much as the first round."""
+    build groups) and train again as much as the first round (one seed's worth: ``first`` holds ``seeds``)."""
     more = rounds - 1
     samples = more * ss.limit * ss.n
     gen = gpu_hours_gen(samples * a.mean_new_tokens, ss.model, a)
-    train = train_hours(more * first["tokens"], p)
-    return {"stage": f"train {method} rounds 2-{rounds}", "model": ss.model,
+    train = train_hours(more * first["tokens"] / seeds, p)
+    return {"stage": f"train {method} rounds 2-{rounds}",
             "work": f"{more} x (re-sample {ss.limit:,} x {ss.n}, retrain)", "samples": samples,
-            "tokens": samples * a.mean_new_tokens + more * first["tokens"],
+            "tokens": samples * a.mean_new_tokens + more * first["tokens"] / seeds,
             "gpu_h": None if gen is None or train is None else gen + train, "done": None}
 
 
@@ -169,7 +196,7 @@ def online_row(entry: str, method: str, t: Any, stages: dict[str, Any], a: Assum
     trained = steps * t.prompts_per_step * (expert + teacher + own) * (a.mean_prompt_tokens + new_tokens)
     gen = gpu_hours_gen(samples * new_tokens, ss.model, a)
     hours = None if gen is None or p is None else gen + train_hours(trained * t.ppo_epochs, p)
-    return {"stage": f"train {method} on-policy" + (f" ({entry})" if entry != method else ""), "model": ss.model,
+    return {"stage": f"train {method} on-policy" + (f" ({entry})" if entry != method else ""),
             "work": f"{steps:,} steps x {t.prompts_per_step} prompts, K = {expert}+{teacher}+{own}",
             "samples": samples, "tokens": samples * new_tokens + trained, "gpu_h": hours, "done": None}
 
@@ -232,18 +259,31 @@ def one_gpu_note(p: float, a: Assumptions) -> str:
             f"plain bf16 weights: 0.4%); its GPU speed is not measured yet")
 
 
-def show(rows: list[dict], notes: list[str], console: Console) -> None:
-    table = Table(title="gft plan (estimates: see the assumptions below)")
-    for col in ("stage", "model", "work", "samples", "tokens (M)", "GPU-hours", "state"):
-        table.add_column(col, justify="right" if col in ("samples", "tokens (M)", "GPU-hours") else "left")
-    total = 0.0
+def show(rows: list[dict], notes: list[str], console: Console, models: str = "") -> None:
+    """The plan at the terminal's width (80 columns fit): long stage and work texts fold, numbers do not;
+    the complete versions and the assumptions follow as wrapped lines."""
+    from rich import box
+
+    if models:
+        console.print(models, markup=False)
+    table = Table(title="gft plan (estimates: see the assumptions below)", box=box.SIMPLE_HEAD)
+    for col in ("stage", "work", "samples", "tokens (M)", "GPU-h", "state"):
+        number = col in ("samples", "tokens (M)", "GPU-h")
+        table.add_column(col, justify="right" if number else "left", no_wrap=number,
+                         overflow="ellipsis" if number else "fold", ratio=None if number else 1)
+    total, complete = 0.0, []
     for r in rows:
-        hours = "?" if r["gpu_h"] is None else f"{r['gpu_h']:.1f}"
+        hours = "?" if r["gpu_h"] is None else f"{r['gpu_h']:,.1f}"
         total += r["gpu_h"] or 0.0
-        state = f"complete ({r['done']})" if r["done"] else "to run"
-        table.add_row(r["stage"], r["model"], r["work"], "-" if r["samples"] is None else f"{r['samples']:,}",
+        state = "to run"
+        if r["done"]:
+            state = f"{r['done']} done" if "/" in r["done"] else "done"
+            complete += [f"{r['stage']} {r['done']}"] if "/" not in r["done"] else []
+        table.add_row(r["stage"], r["work"], "-" if r["samples"] is None else f"{r['samples']:,}",
                       "-" if r["tokens"] is None else f"{r['tokens'] / 1e6:,.1f}", hours, state)
-    Console(width=max(console.width, 150), file=console.file).print(table)
-    console.print(f"total: about {total:,.0f} GPU-hours (H100-class), stages marked complete included")
+    console.print(table)
+    console.print(f"total: about {total:,.0f} GPU-hours (H100-class), stages marked done included")
+    if complete:
+        console.print("complete versions: " + "; ".join(complete), markup=False)
     for n in notes:
-        console.print(n, soft_wrap=True, markup=False)
+        console.print(n, markup=False)

@@ -233,8 +233,14 @@ def report(run_dir: Path, console: Console, brief: bool = False) -> list[dict]:
     summary = load_summary(run_dir)
     rows = report_rows(summary)
     path = run_dir / "summary" / "claims.md"
-    atomic_write_bytes(path, (markdown(rows) + side_by_side(summary, paper_numbers())).encode())
-    console.print("[bold]the paper's claims on this run[/]" + ("" if brief else f" ({path})"), highlight=False)
+    try:
+        atomic_write_bytes(path, (markdown(rows) + side_by_side(summary, paper_numbers())).encode())
+    except OSError as e:  # a read-only or full run folder: the claims are still printed
+        console.print(f"[yellow]note:[/] could not write {path} ({e.strerror or e}); the claims below are not "
+                      "saved", highlight=False)
+        path = None
+    console.print("[bold]the paper's claims on this run[/]" + ("" if brief or path is None else f" ({path})"),
+                  highlight=False)
     for r in rows:
         console.print(f"  [{COLOUR[r['verdict']]}]{r['verdict']:<14}[/] {r['claim']} ({r['paper'].split(' (')[0]})",
                       highlight=False)

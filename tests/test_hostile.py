@@ -340,15 +340,16 @@ def test_no_groups_says_why_and_what_to_change(grouped_template, tmp_path):
     assert out.returncode == 2 and "dropped: too few teacher completions" in out.stderr
 
 
-def test_compare_refuses_damaged_foreign_and_mismatched_evaluations(tmp_path):
-    """Findings 9 and 13: --compare showed a damaged version, crashed on a corrupt manifest or a train folder, and
-    printed deltas between evals of 8 and 4 problems."""
+def test_compare_refuses_damaged_foreign_and_mismatched_evaluations(tmp_path, monkeypatch):
+    """Findings 9, 13 and 17: --compare showed a damaged version, crashed on a corrupt manifest or a train folder,
+    printed deltas between evals of 8 and 4 problems, and printed long model paths past 80 columns."""
     from conftest import restamp
 
     def eval_version(name: str, problems: int, stage: str = "eval") -> Path:
         vdir = store.open_version(tmp_path / name, stage, {"x": name}, {}, {"x": name})
         (vdir.path / "metrics-n4.json").write_text("{}")
-        metrics = {"n": 4, "ks": [1], "model": name, "benchmarks": {"b": {"problems": problems, "pass@1": 0.5}}}
+        metrics = {"n": 4, "ks": [1], "model": f"/models/{'long-' * 40}{name}",
+                   "benchmarks": {"b": {"problems": problems, "pass@1": 0.5}}}
         store.atomic_write_json(vdir.manifest_path, {"stage": stage, "version": vdir.version, "complete": True,
                                                      "metrics": metrics, "files": [], "config": {}, "summary": {}})
         restamp(vdir.path)
@@ -358,7 +359,9 @@ def test_compare_refuses_damaged_foreign_and_mismatched_evaluations(tmp_path):
     train = eval_version("t", 8, stage="train")
     out = cli("eval", "--run", str(tmp_path), "--compare", f"{a},{b}")
     assert out.returncode == 2 and "different numbers of problems" in out.stderr
-    assert cli("eval", "--run", str(tmp_path), "--compare", f"{a},{c}").returncode == 0
+    monkeypatch.setenv("COLUMNS", "80")
+    out = cli("eval", "--run", str(tmp_path), "--compare", f"{a},{c}")
+    assert out.returncode == 0 and max(len(line) for line in out.stdout.splitlines()) <= 80, out.stdout
     out = cli("eval", "--run", str(tmp_path), "--compare", f"{a},{train}")
     assert out.returncode == 2 and "is a train version, not an evaluation" in out.stderr
     (c / "manifest.json").write_text("{")
@@ -380,3 +383,34 @@ def test_gft_status_fits_80_columns(grouped_template, monkeypatch):
     assert out.returncode == 0, out.stderr
     assert "…" not in out.stdout and max(len(line) for line in out.stdout.splitlines()) <= 80
     assert "build-groups" in out.stdout and "complete" in out.stdout
+
+
+def test_disk_full_says_so_and_how_to_go_on(monkeypatch):
+    """Finding 13: disk full mid-write printed ``internal error: OSError: [Errno 28]`` with no hint."""
+    import errno
+    import io
+
+    import typer
+    from rich.console import Console
+
+    from gftrepro import cli as cli_module
+
+    buf = io.StringIO()
+    monkeypatch.setattr(cli_module, "err", Console(file=buf, width=200))
+
+    def full() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "/run/train/v/model.safetensors")
+
+    with pytest.raises(typer.Exit) as exit_info:
+        cli_module.guarded(full)
+    assert exit_info.value.exit_code == 1
+    line = buf.getvalue().strip()
+    assert "disk full writing /run/train/v/model.safetensors: free space and rerun" in line and "\n" not in line
+    buf.truncate(0)
+
+    def other() -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(typer.Exit):
+        cli_module.guarded(other)
+    assert "internal error: OSError" in buf.getvalue()

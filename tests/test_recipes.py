@@ -41,28 +41,25 @@ def test_recipes_are_what_the_generator_writes(tmp_path):
         assert committed.read_text() == written.read_text(), f"{committed}: run python -m gftrepro.recipes"
 
 
+def flat(text: str) -> str:
+    """The plan's words with every run of spaces and line breaks as one space (it wraps at the terminal's width)."""
+    return " ".join(text.split())
+
+
 @pytest.mark.parametrize(("folder", "fits"), [("qwen2.5-math-1.5b", True), ("qwen2.5-math-7b", False),
                                               ("llama-3.1-8b", False)])
 def test_plan_runs_without_models_and_judges_memory(tmp_path, folder, fits):
-    out = gft("plan", "--config", str(REPO / "stages" / "paper" / folder / "gft.yaml"), "--run", str(tmp_path),
-              check=True).stdout
+    out = flat(gft("plan", "--config", str(REPO / "stages" / "paper" / folder / "gft.yaml"), "--run", str(tmp_path),
+                   check=True).stdout)
     assert "sample-teacher" in out and "GPU-hours" in out and "to run" in out
     assert ("fits one 80 GB GPU" in out) == fits and ("FSDP" in out) != fits
 
 
-@pytest.mark.slow
 def test_plan_counts_rounds(tmp_path):
-    recipe = (REPO / "stages" / "paper" / "qwen2.5-math-1.5b" / "gft.yaml").read_text()
-    (tmp_path / "r3.yaml").write_text(recipe.replace("seeds: 1\n", "seeds: 1\nrounds: 3\n"))
-    one = gft("plan", "--config", str(REPO / "stages" / "paper" / "qwen2.5-math-1.5b" / "gft.yaml"), "--run",
-              str(tmp_path), check=True).stdout
-    three = gft("plan", "--config", str(tmp_path / "r3.yaml"), "--run", str(tmp_path), check=True).stdout
-    assert "rounds 2-3" not in one and "train gft rounds 2-3" in three and "2 x (re-sample" in three
-
-    def total(out: str) -> float:
-        return float(out.split("total: about ")[1].split(" GPU-hours")[0].replace(",", ""))
-
-    assert total(three) > total(one)
+    one = plan_of(tmp_path)
+    three = plan_of(tmp_path, lambda t: t.replace("seeds: 1\n", "seeds: 1\nrounds: 3\n"))
+    assert "train gft rounds 2-3" not in one and "2 x (re-sample" in three["train gft rounds 2-3"]["work"]
+    assert sum(r["gpu_h"] for r in three.values()) > sum(r["gpu_h"] for r in one.values())
 
 
 def test_plan_counts_bytes_per_parameter_of_the_one_gpu_layout(tmp_path):
@@ -71,6 +68,51 @@ def test_plan_counts_bytes_per_parameter_of_the_one_gpu_layout(tmp_path):
     assert "  fsdp: true\n" in recipe
     one = recipe.replace("  fsdp: true\n", "  fsdp: false\n  param_dtype: bfloat16\n  optimizer: adamw8bit\n")
     (tmp_path / "one.yaml").write_text(one)
-    out = gft("plan", "--config", str(tmp_path / "one.yaml"), "--run", str(tmp_path / "run"), check=True).stdout
+    out = flat(gft("plan", "--config", str(tmp_path / "one.yaml"), "--run", str(tmp_path / "run"), check=True).stdout)
     assert "~46 GB of weights, gradients and AdamW states (param_dtype bfloat16, optimizer adamw8bit)" in out
     assert "fits one 80 GB GPU" in out
+
+
+def plan_of(tmp_path, edit=lambda text: text, name="edited.yaml"):
+    """The plan's rows of the 1.5B GFT recipe after ``edit`` (in process: no model, no data)."""
+    from gftrepro import plan as planner
+
+    path = tmp_path / name
+    path.write_text(edit((REPO / "stages" / "paper" / "qwen2.5-math-1.5b" / "gft.yaml").read_text()))
+    rows = planner.plan_rows(pipeline.run_config(path, {}), pipeline.stage_configs(path), tmp_path / "run",
+                             planner.Assumptions())
+    return {r["stage"]: r for r in rows}
+
+
+def test_plan_counts_seeds_eval_limit_and_offline_max_steps(tmp_path):
+    """Finding 10: seeds, eval ``limit`` and offline ``max_steps`` left the plan unchanged."""
+    one = plan_of(tmp_path)
+    three = plan_of(tmp_path, lambda t: t.replace("seeds: 1\n", "seeds: 3\n"))
+    assert three["train gft"]["tokens"] == 3 * one["train gft"]["tokens"] and "x 3 seeds" in three["train gft"]["work"]
+    assert three["eval"]["samples"] == 3 * one["eval"]["samples"]  # each seed evaluates the base and the model
+    assert three["sample-teacher"] == one["sample-teacher"]  # the data stages run once
+    limited = plan_of(tmp_path, lambda t: t.replace("  limit: 0\n  n: 16\n", "  limit: 10\n  n: 16\n"))
+    assert limited["eval"]["samples"] == 11 * 10 * 16 * 2  # 11 benchmarks of at least 10 problems, base + gft
+    short = plan_of(tmp_path, lambda t: t.replace("  epochs: 1\n", "  epochs: 1\n  max_steps: 5\n"))
+    assert short["train gft"]["tokens"] == 5 * 1024 * (200 + 600) and "5 steps x 1024" in short["train gft"]["work"]
+    assert short["train gft"]["tokens"] < one["train gft"]["tokens"]
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ("seeds: 100000000000000000000\n", "seeds and rounds must be at most 1,000"),
+    ("seeds: 5\n", "runs past 2**32"),
+])
+def test_plan_refuses_absurd_seeds(tmp_path, edit, message):
+    recipe = (REPO / "stages" / "paper" / "qwen2.5-math-1.5b" / "gft.yaml").read_text().replace("seeds: 1\n", edit)
+    (tmp_path / "r.yaml").write_text(recipe.replace("  seed: 0\n  dtype", f"  seed: {2**32 - 2}\n  dtype"))
+    out = gft("plan", "--config", str(tmp_path / "r.yaml"), "--run", str(tmp_path / "run"))
+    assert out.returncode == 2 and message in out.stderr and len(out.stderr.splitlines()) == 1
+
+
+def test_plan_fits_80_columns(tmp_path, monkeypatch):
+    """Finding 17: the plan forced a 150-column table and printed 220-character notes."""
+    monkeypatch.setenv("COLUMNS", "80")
+    out = gft("plan", "--config", str(REPO / "stages" / "paper" / "llama-3.1-8b" / "chains.yaml"), "--run",
+              str(tmp_path), check=True).stdout
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out and "train grpo" in out and "GPU-hours" in out and "fits" in out

@@ -96,6 +96,27 @@ def test_cli_report_writes_claims_and_refuses_bad_input(tmp_path):
     assert "**not measured**" in claims
 
 
+def test_report_prints_its_claims_when_the_run_folder_is_read_only(tmp_path, monkeypatch):
+    """Finding 13: in a read-only run ``gft report`` died writing claims.md and printed no claim."""
+    import errno
+
+    summary = tmp_path / "summary"
+    summary.mkdir()
+    results = {"base": [{"eval": eval_metrics(0.3, 0.8), "train": None}],
+               "sft": [{"eval": eval_metrics(0.4, 0.5), "train": [{"step": 1, "entropy": 0.1, "kl_ref": 0.3}]}]}
+    (summary / "summary.json").write_text(json.dumps(summary_rows(results, 0.5)))
+
+    def read_only(path, data):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(report, "atomic_write_bytes", read_only)
+    result = CliRunner().invoke(app, ["report", "--run", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "could not write" in result.output and "Read-only file system" in result.output
+    assert "SFT forgets: probe pass@1 below the base" in result.output and "reproduced" in result.output
+    assert not (summary / "claims.md").exists()
+
+
 def eval_metrics(main_pass1, probe_pass1):
     bench = {"testbed": {"avg@4": main_pass1, "pass@1": main_pass1, "pass@4": min(1.0, 2 * main_pass1)},
              "testbed-probe": {"avg@4": probe_pass1, "pass@1": probe_pass1, "pass@4": probe_pass1}}
