@@ -3,7 +3,8 @@
 - the candidates of every prompt: expert solutions and verified completions, by source;
 - ``compose``: the K members of one group (a seeded choice among surplus candidates, missing expert
   slots filled by correct teacher completions or repeats);
-- ``group_advantages``: A_k = (R_k - mean R) / (std R + eps) over a group (docs/DESIGN.md section 2).
+- ``group_advantages``: A_k = (R_k - mean R) / (std R + eps) over a group (docs/DESIGN.md section 2);
+- ``without_source``: groups with one source's members left out, advantages normalised again (GFT no mix).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -59,6 +60,21 @@ def group_advantages(rewards: np.ndarray, std: str = "unbiased", eps: float = 1e
     if std == "none":
         return centred
     return centred / (r.std(ddof=1 if std == "unbiased" else 0) + eps)
+
+
+def without_source(rows: list[dict], source: str, std: str, eps: float) -> list[dict]:
+    """Group rows (``group_id``, ``source``, ``reward``, ...) without ``source``'s members, each group's
+    advantages normalised again over the members left (a group of one gets 0): GFT (no mix) trains on
+    GFT's own groups minus their teacher samples."""
+    kept: dict[int, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["source"] != source:
+            kept[r["group_id"]].append(r)
+    out = []
+    for members in kept.values():
+        advantages = group_advantages(np.array([m["reward"] for m in members]), std, eps)
+        out.extend({**m, "advantage": float(a)} for m, a in zip(members, advantages, strict=True))
+    return out
 
 
 def choose(candidates: list[dict], count: int, seed: int, prompt_id: str, source: str) -> list[dict]:

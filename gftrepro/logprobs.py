@@ -88,6 +88,9 @@ class FusedTokenLoss(torch.autograd.Function):
         n, dtype = hidden.shape[0], hidden.dtype
         w = weight.to(dtype)  # bf16 activations with fp32 master weights: matmuls in bf16
         acc = torch.float64 if dtype == torch.float64 else torch.float32
+        anchor = getattr(objective, "anchor", None)  # asft: + coef * KL(pi_ref || pi_theta) per token
+        if anchor is not None:  # a second [c, V] buffer (the reference's softmax): half the rows keep the peak
+            chunk, w_ref = max(1, chunk // 2), anchor.weight.to(dtype)
         logp = torch.empty(n, dtype=acc, device=hidden.device)
         entropy = torch.empty_like(logp)
         loss = torch.zeros((), dtype=acc, device=hidden.device)
@@ -104,6 +107,11 @@ class FusedTokenLoss(torch.autograd.Function):
             probs = (h @ w.T).to(acc)  # [c, V], this chunk only
             probs.sub_(probs.amax(-1, keepdim=True))
             target = probs.gather(1, t).squeeze(1)
+            if anchor is not None:  # the reference's softmax q, and sum_v q_v z_v of the shifted logits z
+                q = (anchor.hidden[sl].to(dtype) @ w_ref.T).to(acc)
+                q.sub_(q.amax(-1, keepdim=True)).exp_()
+                q.div_(q.sum(-1, keepdim=True))
+                cross = torch.bmm(q.unsqueeze(1), probs.unsqueeze(2)).view(-1)
             total = probs.exp_().sum(-1)
             probs.div_(total[:, None])  # softmax
             logp[sl] = target - total.log()
@@ -115,7 +123,15 @@ class FusedTokenLoss(torch.autograd.Function):
                 terms = objective(x, sl)
                 (g,) = torch.autograd.grad(terms.sum(), x)  # d loss / d log p, per token
             loss += terms.detach().sum()
-            dlogits = probs.mul_(-g[:, None]).scatter_add_(1, t, g[:, None]).to(dtype)  # g * (onehot - softmax)
+            if anchor is None:
+                dlogits = probs.mul_(-g[:, None]).scatter_add_(1, t, g[:, None]).to(dtype)  # g * (onehot - softmax)
+            else:  # KL(q || p) = sum q log q - sum q log p; its gradient on the logits is coef * w * (p - q)
+                ref_entropy = torch.cat([torch.special.entr(q[r : r + ent_rows]).sum(-1)
+                                         for r in range(0, q.shape[0], ent_rows)])
+                lam = anchor.coef * objective.weights[sl].to(acc)
+                loss += (lam * (total.log() - cross - ref_entropy)).sum()
+                probs.mul_((lam - g)[:, None]).sub_(q.mul_(lam[:, None])).scatter_add_(1, t, g[:, None])
+                dlogits, q = probs.to(dtype), None
             probs = None  # with bf16 activations the fp32 buffer is freed here (dlogits is its bf16 copy)
             if grad_h is not None:
                 torch.matmul(dlogits, w, out=grad_h[sl])

@@ -7,8 +7,15 @@
 | gft         | A * C(p), C(p) = sg(p) if p < tau else 1 | -A grad p  or  -A grad log p |
 | gft-no-dcr  | A                                       | -A grad log p            |
 | gft-no-gal  | C(p)                                    | -grad p  or  -grad log p |
+| gft-no-mix  | A * C(p) (groups without teacher members) | as gft                 |
+| asft        | sg(p), plus lambda * KL(pi_ref || pi_theta) | -grad p + lambda (softmax - p_ref) on the logits |
+| psft        | min(r, clip(r, 1-eps, 1+eps_high)) / log p, A = 1 | -grad r (unclipped side) |
 | grpo        | A * min(r, clip(r, 1-eps, 1+eps)) / log p, | -A grad r (unclipped side) |
 |             | r = pi_theta / pi_old (the clipped PPO surrogate) |                   |
+
+ASFT's KL term reads the whole vocabulary at each position, not the trained token's log p alone:
+``token_loss`` leaves it out (it equals DFT's there) and the fused LM-head pass adds it chunk by
+chunk from the reference's final hidden states (``Anchor``; ``gftrepro.logprobs.FusedTokenLoss``).
 
 GRPO's per-token loss is the clipped surrogate ``-min(r A, clip(r, 1 - eps, 1 + eps) A)`` with
 ``r = exp(log p - old log p)``, plus ``beta * k3`` where ``k3 = exp(ref - log p) - (ref - log p) - 1``
@@ -61,16 +68,16 @@ def coefficient(logprobs: torch.Tensor, advantages: torch.Tensor, method: str, t
     if kind == "dcr":
         return dcr(p, tau)
     raise ValueError(f"method '{method}' has no fixed coefficient on -log p (known: "
-                     f"{', '.join(m for m in METHODS if get(m).coefficient != 'ratio')})")
+                     f"{', '.join(m for m in METHODS if get(m).coefficient not in ('ratio', 'proximal'))})")
 
 
 def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                      clip_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """GRPO/PPO per-token loss ``-min(r A, clip(r) A)`` and where the clip was active (``advantages``
-    broadcast to ``logprobs``)."""
+                      clip_eps: float, clip_high: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO/PPO per-token loss ``-min(r A, clip(r, 1 - eps, 1 + eps_high) A)`` and where the clip was
+    active (``advantages`` broadcast to ``logprobs``; ``clip_high`` 0 = ``clip_eps``)."""
     ratio = torch.exp(logprobs - old_logprobs)
     a = advantages.detach().to(logprobs.dtype)
-    unclipped, clipped = ratio * a, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * a
+    unclipped, clipped = ratio * a, torch.clamp(ratio, 1 - clip_eps, 1 + (clip_high or clip_eps)) * a
     return -torch.min(unclipped, clipped), (clipped < unclipped).detach()
 
 
@@ -93,14 +100,17 @@ def check_args(method: str, tau: float, agg: str, beta: float = 0.0, ref_logprob
 
 
 def token_terms(logprobs: torch.Tensor, advantages: torch.Tensor, *, method: str, tau: float,
-                old_logprobs: torch.Tensor | None = None, clip_eps: float = 0.2,
+                old_logprobs: torch.Tensor | None = None, clip_eps: float = 0.2, clip_high: float = 0.0,
                 ref_logprobs: torch.Tensor | None = None, beta: float = 0.0) -> torch.Tensor:
     """Per-token loss l_t, elementwise in the shape of ``logprobs`` (``advantages`` broadcast to it;
     ``old_logprobs`` / ``ref_logprobs`` of the same shape). Every token's l_t depends on its own log p
-    only, which is what lets ``gftrepro.logprobs`` produce the gradient in the loss's own pass."""
-    if get(method).coefficient == "ratio":
+    only, which is what lets ``gftrepro.logprobs`` produce the gradient in the loss's own pass.
+    psft ("proximal") reads no advantage: every demonstration token has A = 1."""
+    kind = get(method).coefficient
+    if kind in ("ratio", "proximal"):
         old = logprobs.detach() if old_logprobs is None else old_logprobs
-        terms = clipped_surrogate(logprobs, old, advantages, clip_eps)[0]
+        a = torch.ones_like(logprobs) if kind == "proximal" else advantages
+        terms = clipped_surrogate(logprobs, old, a, clip_eps, clip_high)[0]
     else:
         terms = -coefficient(logprobs, advantages, method, tau) * logprobs
     if beta:
@@ -126,11 +136,13 @@ def token_weights(mask: torch.Tensor, agg: str, num_tokens: float | torch.Tensor
 def token_loss(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor | None, *, method: str,
                tau: float = 0.7, agg: str = "token-mean", num_tokens: float | torch.Tensor | None = None,
                num_seqs: float | torch.Tensor | None = None, old_logprobs: torch.Tensor | None = None,
-               clip_eps: float = 0.2, ref_logprobs: torch.Tensor | None = None, beta: float = 0.0) -> torch.Tensor:
+               clip_eps: float = 0.2, clip_high: float = 0.0, ref_logprobs: torch.Tensor | None = None,
+               beta: float = 0.0) -> torch.Tensor:
     """Scalar loss whose gradient is the paper's, for ``logprobs`` [B, T] (with grad) and ``mask`` [B, T].
 
     ``advantages`` [B] is read by gft, gft-no-dcr and grpo only (None is allowed for the others).
-    grpo: ``old_logprobs`` [B, T] (default ``sg(logprobs)``: one update per batch), ``clip_eps``.
+    grpo, psft: ``old_logprobs`` [B, T] (default ``sg(logprobs)``: one update per batch), ``clip_eps``
+    and ``clip_high`` (the upper clip range; 0 = ``clip_eps``).
     Any method: ``beta > 0`` adds ``beta * k3`` against ``ref_logprobs`` [B, T] per token.
     Masked positions never reach the result (``where``, not a product, so a -inf there is harmless).
     The training loop computes the same sum with ``gftrepro.logprobs.FusedTokenLoss`` (tested equal).
@@ -142,7 +154,7 @@ def token_loss(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Ten
     old = None if old_logprobs is None else torch.where(keep, old_logprobs, 0.0)
     ref = torch.where(keep, ref_logprobs, 0.0) if beta else None
     terms = token_terms(safe_lp, advantages[:, None], method=method, tau=tau, old_logprobs=old, clip_eps=clip_eps,
-                        ref_logprobs=ref, beta=beta)
+                        clip_high=clip_high, ref_logprobs=ref, beta=beta)
     per_token = torch.where(keep, terms, 0.0)  # [B, T]
     return (per_token * token_weights(mask, agg, num_tokens, num_seqs, per_token.dtype)).sum()
 
@@ -165,33 +177,47 @@ class TokenObjective:
     """
 
     def __init__(self, method: str, tau: float, clip_eps: float, beta: float, weights: torch.Tensor,
-                 advantages: torch.Tensor, old_logprobs: torch.Tensor | None, ref_logprobs: torch.Tensor | None):
-        self.method, self.tau, self.clip_eps, self.beta = method, tau, clip_eps, beta
+                 advantages: torch.Tensor, old_logprobs: torch.Tensor | None, ref_logprobs: torch.Tensor | None,
+                 clip_high: float = 0.0, anchor: Anchor | None = None):
+        self.method, self.tau, self.clip_eps, self.beta, self.clip_high = method, tau, clip_eps, beta, clip_high
         self.weights, self.advantages, self.old, self.ref = weights, advantages, old_logprobs, ref_logprobs
+        self.anchor = anchor
 
     @classmethod
     def build(cls, mask: torch.Tensor, advantages: torch.Tensor | None, *, method: str, tau: float = 0.7,
               agg: str = "token-mean", num_tokens: float | torch.Tensor | None = None,
               num_seqs: float | torch.Tensor | None = None, old_logprobs: torch.Tensor | None = None,
-              clip_eps: float = 0.2, ref_logprobs: torch.Tensor | None = None, beta: float = 0.0) -> TokenObjective:
+              clip_eps: float = 0.2, clip_high: float = 0.0, ref_logprobs: torch.Tensor | None = None,
+              beta: float = 0.0, anchor: Anchor | None = None) -> TokenObjective:
+        """``anchor``: asft's KL term (its hidden states already [N, H], in the scored tokens' order)."""
         check_args(method, tau, agg, beta, ref_logprobs)
         wide = torch.float64  # small [B, T] tensors, cast to the log-probs' dtype per chunk
         adv = check_advantages(advantages, method, mask).detach().to(wide)[:, None].expand(mask.shape)
         return cls(method, tau, clip_eps, beta, token_weights(mask, agg, num_tokens, num_seqs, wide), adv,
                    None if old_logprobs is None else old_logprobs.detach().to(wide),
-                   ref_logprobs.detach().to(wide) if beta else None)
+                   ref_logprobs.detach().to(wide) if beta else None, clip_high, anchor)
 
     def select(self, where: torch.Tensor) -> TokenObjective:
-        """The scored tokens only ([B, T] boolean ``where`` -> [N])."""
+        """The scored tokens only ([B, T] boolean ``where`` -> [N]; the anchor is already [N, H])."""
         return TokenObjective(self.method, self.tau, self.clip_eps, self.beta, self.weights[where],
-                              self.advantages[where], part(self.old, where), part(self.ref, where))
+                              self.advantages[where], part(self.old, where), part(self.ref, where), self.clip_high,
+                              self.anchor)
 
     def __call__(self, logprobs: torch.Tensor, s: slice) -> torch.Tensor:
         dt = logprobs.dtype
         terms = token_terms(logprobs, part(self.advantages, s, dt), method=self.method, tau=self.tau,
-                            old_logprobs=part(self.old, s, dt), clip_eps=self.clip_eps,
+                            old_logprobs=part(self.old, s, dt), clip_eps=self.clip_eps, clip_high=self.clip_high,
                             ref_logprobs=part(self.ref, s, dt), beta=self.beta)
         return part(self.weights, s, dt) * terms
+
+
+class Anchor:
+    """ASFT's anchor: ``coef`` (lambda) times KL(pi_ref || pi_theta) over the vocabulary at each scored
+    token, aggregated with the token's own weight. ``hidden`` [N, H]: the frozen reference's final hidden
+    states at the scored positions (no gradient); ``weight`` [V, H]: its LM head."""
+
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, coef: float):
+        self.hidden, self.weight, self.coef = hidden.detach(), weight.detach(), float(coef)
 
 
 def part(t: torch.Tensor | None, index: Any, dtype: torch.dtype | None = None) -> torch.Tensor | None:

@@ -10,12 +10,23 @@ Every other module asks this table instead of comparing method names:
 | gft         | groups       | A * C(p)                           | optional       | 1:3:4 (paper)               |
 | gft-no-dcr  | groups       | A                                  | optional       | 1:3:4                       |
 | gft-no-gal  | sft          | C(p) (online: R * C(p), see below) | optional       | 1:3:4                       |
+| gft-no-mix  | groups       | A * C(p), teacher members dropped  | optional       | 1:0:4                       |
+| asft        | sft          | sg(p), + lambda * KL(ref || theta) | never          | -                           |
+| psft        | sft          | clipped ratio, advantage 1         | never          | -                           |
 | grpo        | -            | A * clipped ratio (+ beta * KL)    | always         | 0:0:8 (paper's GRPO)        |
 
 GFT w/o GAL keeps DCR and drops the group advantage. Offline it trains the expert solutions with
 C(p) (docs/DESIGN.md's table). Online its group is drawn like GFT's, and each response is weighted by
 its raw reward R in {0, 1} instead of a group-normalised advantage: correct responses are
 imitated with C(p), wrong ones are ignored (no advantage, so no negative signal).
+
+GFT (no mix), the paper's Table 1 row, is GFT on groups of expert and self responses only: offline
+it reads GFT's own groups, drops their teacher members and normalises the advantages again over
+the rest (expert 1 + self 4: the difference from GFT is the teacher mix alone); online its groups
+are drawn 1:0:4. ASFT (Zhu et al. 2025a) is DFT's term plus lambda times the full-vocabulary
+KL(pi_ref || pi_theta) to the frozen starting model at every response position (``anchor``). PSFT
+(Zhu et al. 2025b) is PPO's clipped surrogate with advantage 1 on the expert solutions, several
+updates per batch against the policy at the batch's start (``mini_batches``, asymmetric clip).
 """
 
 from __future__ import annotations
@@ -29,12 +40,16 @@ from gftrepro.errors import GftError
 class Method:
     name: str
     data: str  # offline training set: groups, sft or sft-mix ("" = online only)
-    coefficient: str  # one, p, adv-dcr, adv, dcr, ratio  (see losses.coefficient)
+    coefficient: str  # one, p, adv-dcr, adv, dcr, ratio, proximal  (see losses.coefficient)
     online: str  # never, optional, always
     group: tuple[int, int, int] = (0, 0, 0)  # default online group: expert, teacher, self
     uses_advantage: bool = False  # reads each response's advantage
     reward_weighted: bool = False  # online: the raw reward replaces the advantage
     rounds: bool = False  # gft run --rounds re-samples and retrains it offline
+    anchor: bool = False  # adds lambda * KL(pi_ref || pi_theta) over the vocabulary (asft)
+    no_teacher: bool = False  # offline: the groups' teacher members are dropped, advantages renormalised
+    mini_batches: int = 1  # default optimizer updates per batch (psft: the authors' 8)
+    clip_high: float = 0.0  # default upper clip range of the ratio (0 = clip_eps; psft: the authors' 0.28)
 
     @property
     def can_run_offline(self) -> bool:
@@ -52,6 +67,10 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("gft", "groups", "adv-dcr", "optional", (1, 3, 4), uses_advantage=True, rounds=True),
     Method("gft-no-dcr", "groups", "adv", "optional", (1, 3, 4), uses_advantage=True, rounds=True),
     Method("gft-no-gal", "sft", "dcr", "optional", (1, 3, 4), reward_weighted=True),
+    Method("gft-no-mix", "groups", "adv-dcr", "optional", (1, 0, 4), uses_advantage=True, rounds=True,
+           no_teacher=True),
+    Method("asft", "sft", "p", "never", anchor=True),
+    Method("psft", "sft", "proximal", "never", mini_batches=8, clip_high=0.28),
     Method("grpo", "", "ratio", "always", (0, 0, 8), uses_advantage=True),
 )}
 METHODS = tuple(REGISTRY)

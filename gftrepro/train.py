@@ -1,8 +1,10 @@
-"""Stage ``train``: GFT and its baselines (SFT, SFT-mix, DFT, GFT w/o DCR, GFT w/o GAL, GRPO), one engine.
+"""Stage ``train``: GFT and its baselines (SFT, SFT-mix, DFT, ASFT, PSFT, GFT w/o DCR, GFT w/o GAL, GFT no mix,
+GRPO), one engine.
 
 Offline (the default for every method but grpo) it reads the latest complete ``build-groups``
 version (or ``--build-groups-version``): its group shards (gft, gft-no-dcr) or ``sft.parquet`` /
-``sft-mix.parquet`` (sft, dft, gft-no-gal, sft-mix), and the student model it was built for.
+``sft-mix.parquet`` (sft, dft, asft, psft, gft-no-gal, sft-mix), and the student model it was built for
+(gft-no-mix: the group shards without their teacher members, advantages normalised again).
 On-policy (``--online``; grpo always) it reads a ``verify`` version instead and samples the self
 responses of every step from the current weights (``gftrepro/online.py``).
 ``--init`` starts from an earlier train version's model (chains such as SFT -> GRPO), or ``--model``.
@@ -36,6 +38,7 @@ Where this departs from the authors' code:
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -44,20 +47,20 @@ from typing import Any
 import pyarrow.parquet as pq
 from rich.console import Console
 
-from gftrepro import online, store
+from gftrepro import methods, online, store
 from gftrepro.engine.batches import Example, step_batches, tokenize
 from gftrepro.engine.config import TrainConfig
 from gftrepro.engine.state import summary_line
 from gftrepro.engine.trainer import Trainer, make_accelerator, start_model, writing_version
 from gftrepro.errors import GftError
-from gftrepro.groups import groups_line
+from gftrepro.groups import groups_line, without_source
 from gftrepro.models import load_tokenizer
 from gftrepro.stage import already_done, open_stage
 
 
 def read_rows(vdir: store.VersionDir, dataset: str) -> list[dict]:
     paths = vdir.shard_paths() if dataset == "groups" else [vdir.path / f"{dataset}.parquet"]
-    needed = ["group_id", "prompt", "completion", "source", "advantage"]
+    needed = ["group_id", "prompt", "completion", "source", "advantage", "reward"]
     rows = []
     for path in paths:
         names = pq.read_schema(path).names
@@ -72,6 +75,38 @@ def read_rows(vdir: store.VersionDir, dataset: str) -> list[dict]:
         raise GftError(f"no rows to train on in {vdir.path} ({dataset}); build-groups said: "
                        f"{groups_line(vdir.read_manifest())}")
     return rows
+
+
+def method_rows(config: TrainConfig, vdir: store.VersionDir) -> list[dict]:
+    """The rows ``config.method`` trains on: GFT (no mix) drops the groups' teacher members and normalises
+    the advantages again with the build-groups version's own std and eps."""
+    rows = read_rows(vdir, config.dataset)
+    if methods.get(config.method).no_teacher and config.dataset == "groups":
+        built = json.loads((vdir.path / store.CONFIG).read_text(encoding="utf-8"))["config"]
+        rows = without_source(rows, "teacher", built.get("std", "unbiased"), float(built.get("eps", 1e-6)))
+    return rows
+
+
+def step_update(trainer: Trainer, step: int, batch: list[Example]) -> dict[str, float]:
+    """One offline step: one optimizer update on the batch, or (psft) ``updates_per_batch`` updates on its
+    mini-batches in turn, every one against the log-probs of the policy at the batch's start (the first
+    update has ratio 1: SFT's gradient). Returns the step's statistics (the mean over its updates)."""
+    n, rank, world = trainer.config.updates_per_batch, trainer.rank, trainer.world
+    if n == 1:
+        mine = batch[rank::world]
+        return trainer.update(step, trainer.micro_batches(mine), trainer.global_tokens(mine), len(batch))
+    size = len(batch) // n
+    if size < world:
+        raise GftError(f"psft: a mini-batch of {size} sequences (batch_size / mini_batches) cannot be split over "
+                       f"{world} processes: raise batch_size or lower mini_batches")
+    minis = [batch[k * size : (k + 1) * size] for k in range(n)]
+    mine = [m[rank::world] for m in minis]
+    micro = [trainer.micro_batches(x) for x in mine]
+    for part in micro:  # pi_old: the policy before this batch's first update
+        trainer.add_reference_logprobs(part, old=True)
+    stats = [trainer.update(step, part, trainer.global_tokens(x), len(m)) for part, x, m in zip(micro, mine, minis,
+                                                                                               strict=True)]
+    return {key: sum(s[key] for s in stats) / n for key in stats[0]}
 
 
 def training_inputs(config: TrainConfig, run_dir: Path) -> tuple[store.VersionDir, Any]:
@@ -93,11 +128,11 @@ def run(config: TrainConfig, run_dir: Path, console: Console | None = None) -> d
     if config.is_online:
         return online.run(config, run_dir, console)
     accelerator = make_accelerator(config)
-    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    world, main = accelerator.num_processes, accelerator.is_main_process
     console = console or Console(quiet=not main)
     bg, model = training_inputs(config, run_dir)
     tokenizer = load_tokenizer(model)
-    examples, dropped = tokenize(read_rows(bg, config.dataset), tokenizer, config.max_length, config.truncation)
+    examples, dropped = tokenize(method_rows(config, bg), tokenizer, config.max_length, config.truncation)
     steps = plan_steps(config, examples, world)
     inputs = {"build-groups": bg.version, "model": {"ref": model.ref, "fingerprint": model.fingerprint}}
     vdir = open_stage(run_dir, "train", config, inputs, console)
@@ -112,10 +147,9 @@ def run(config: TrainConfig, run_dir: Path, console: Console | None = None) -> d
             task = bar.add_task("train", total=len(steps), completed=trainer.start, info="")
             for step in range(trainer.start, len(steps)):
                 t0 = time.perf_counter()
-                batch = [examples[i] for i in steps[step]]
-                mine = batch[rank::world]
-                sums = trainer.update(step, trainer.micro_batches(mine), trainer.global_tokens(mine), len(batch))
-                m = trainer.log(step, sums, time.perf_counter() - t0)
+                sums = step_update(trainer, step, [examples[i] for i in steps[step]])
+                extra = {"updates": config.updates_per_batch} if config.updates_per_batch > 1 else None
+                m = trainer.log(step, sums, time.perf_counter() - t0, extra)
                 bar.update(task, advance=1, info=f"loss {m['loss']:.4f} {m['tokens_per_s']:.0f} tok/s")
                 trainer.checkpoint(step)
         return trainer.finish({"sequences": len(examples), "dropped": dict(dropped), "data": config.dataset})

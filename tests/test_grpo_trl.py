@@ -32,13 +32,14 @@ def batch(seed: int):
     return lp, old, ref, mask, adv
 
 
-def trl_loss(lp: torch.Tensor, old, ref, mask, adv, loss_type: str, eps: float, beta: float) -> torch.Tensor:
+def trl_loss(lp: torch.Tensor, old, ref, mask, adv, loss_type: str, eps: float, beta: float,
+             eps_high: float | None = None) -> torch.Tensor:
     from trl import GRPOTrainer
 
     t = GRPOTrainer.__new__(GRPOTrainer)
     attrs = dict(
         top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level="token", beta=beta,
-        loss_type=loss_type, epsilon_low=eps, epsilon_high=eps, use_vllm=False,
+        loss_type=loss_type, epsilon_low=eps, epsilon_high=eps if eps_high is None else eps_high, use_vllm=False,
         vllm_importance_sampling_correction=False, current_gradient_accumulation_steps=1,
         _entropy_bonus_enabled=False, aux_loss_enabled=False, max_completion_length=T,
         args=SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=1),
@@ -77,3 +78,17 @@ def test_one_update_per_batch_matches_trl_without_old_logprobs():
     token_loss(ours_lp, mask, adv, method="grpo", agg="token-mean").backward()
     trl_loss(theirs_lp, theirs_lp.detach(), ref, mask, adv, "dapo", 0.2, 0.0).backward()
     torch.testing.assert_close(ours_lp.grad, theirs_lp.grad, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("loss_type", sorted(MATCHING))
+def test_psft_equals_trls_clipped_loss_with_unit_advantages(loss_type):
+    """PSFT (Zhu et al. 2025b): the clipped surrogate with A = 1 and the authors' asymmetric clip (0.2 / 0.28)."""
+    lp0, old, ref, mask, _ = batch(seed=5)
+    ours_lp, theirs_lp = lp0.clone().requires_grad_(True), lp0.clone().requires_grad_(True)
+    ours = token_loss(ours_lp, mask, None, method="psft", agg=MATCHING[loss_type], old_logprobs=old, clip_eps=0.2,
+                      clip_high=0.28)
+    theirs = trl_loss(theirs_lp, old, ref, mask, torch.ones(B), loss_type, 0.2, 0.0, eps_high=0.28)
+    assert abs(float(ours) - float(theirs)) <= 1e-6
+    ours.backward()
+    theirs.backward()
+    torch.testing.assert_close(ours_lp.grad, theirs_lp.grad, atol=1e-6, rtol=0)

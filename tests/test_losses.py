@@ -20,12 +20,14 @@ def make(seed=0, low=-6.0):
 
 def reference_coef(lp: np.ndarray, adv: np.ndarray, method: str, tau: float) -> np.ndarray:
     """The coefficient on -log p, straight from the paper's table (numpy, float64). GRPO with one update
-    per batch (old = sg(log p), ratio 1) has gradient -A grad log p: coefficient A, as gft-no-dcr."""
+    per batch (old = sg(log p), ratio 1) has gradient -A grad log p: coefficient A, as gft-no-dcr; psft
+    likewise with A = 1. asft's token term is DFT's (its KL anchor needs the logits: tests/test_baselines.py)."""
     p = np.exp(lp)
     c = np.where(p < tau, p, 1.0)
     a = adv[:, None]
     return {"sft": np.ones_like(p), "sft-mix": np.ones_like(p), "dft": p, "gft": a * c,
-            "gft-no-dcr": a * np.ones_like(p), "gft-no-gal": c, "grpo": a * np.ones_like(p)}[method]
+            "gft-no-dcr": a * np.ones_like(p), "gft-no-gal": c, "grpo": a * np.ones_like(p), "gft-no-mix": a * c,
+            "asft": p, "psft": np.ones_like(p)}[method]
 
 
 def reference_grad(lp, mask, adv, method, tau, agg):

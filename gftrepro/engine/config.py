@@ -20,7 +20,7 @@ OPTIMIZERS = ("adamw", "adamw8bit")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: str = opt("gft", "sft, sft-mix, dft, gft, gft-no-dcr, gft-no-gal or grpo")
+    method: str = opt("gft", "sft, sft-mix, dft, asft, psft, gft, gft-no-dcr, gft-no-gal, gft-no-mix or grpo")
     online: bool = opt(False, "sample the self responses from the current weights every step (gft, gft-no-dcr, "
                               "gft-no-gal; grpo always does)")
     init: str = opt("", "start from this model: a complete train version of this run, or a model folder "
@@ -72,6 +72,14 @@ class TrainConfig:
     ppo_epochs: int = opt(1, "grpo: optimizer updates per batch of rollouts (1 = on-policy, ratio 1)")
     clip_eps: float = opt(0.2, "grpo: clip range of the importance ratio")
     kl_coef: float = opt(0.0, "KL-to-reference coefficient beta in the loss (k3 estimator; 0 = none, as the paper)")
+    anchor_coef: float = opt(0.1, "asft: lambda, the weight of KL(pi_ref || pi_theta) over the vocabulary at each "
+                                  "response token, pi_ref the starting model (authors' code 0.1; their README 0.05)",
+                             versioned="unless-default")
+    mini_batches: int = opt(-1, "psft: optimizer updates per batch, each on batch_size / mini_batches sequences, all "
+                                "against the policy at the batch's start (-1 = the method's: psft 8, as the authors' "
+                                "64-prompt batches of 8; others 1)", versioned="unless-default")
+    clip_eps_high: float = opt(-1.0, "upper clip range of the ratio, 1 + clip_eps_high (-1 = the method's: psft 0.28 "
+                                     "as the authors; grpo clip_eps)", versioned="unless-default")
     rollout_backend: str = opt("hf", "online: generation backend, hf (in-process) or vllm (colocated)")
     rollout_temperature: float = opt(1.0, "online: sampling temperature of the self responses")
     rollout_max_new_tokens: int = opt(128, "online: cap on generated tokens per self response")
@@ -115,6 +123,7 @@ class TrainConfig:
             (0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}"),
         ]
         require(checks)
+        self.validate_baselines()
         if self.is_online:
             self.validate_online()
         elif methods.get(self.method).uses_advantage and self.dataset == "sft":
@@ -146,6 +155,35 @@ class TrainConfig:
             raise GftError("--data is for offline training; online groups are drawn every step")
         if self.ppo_epochs > 1 and self.method != "grpo":
             raise GftError(f"ppo_epochs > 1 needs the clipped ratio objective (grpo); {self.method} takes one update")
+
+    def validate_baselines(self) -> None:
+        m = methods.get(self.method)
+        checks = [
+            (math.isfinite(self.anchor_coef) and self.anchor_coef >= 0,
+             f"anchor_coef must be a finite number >= 0, got {self.anchor_coef}"),
+            (self.mini_batches == -1 or self.mini_batches >= 1, f"mini_batches must be >= 1 (or -1 = the method's), "
+                                                                f"got {self.mini_batches}"),
+            (self.clip_eps_high == -1 or 0 < self.clip_eps_high < 10,
+             f"clip_eps_high must be in (0, 10) (or -1 = the method's), got {self.clip_eps_high}"),
+            (self.batch_size % self.updates_per_batch == 0,
+             f"mini_batches {self.updates_per_batch} must divide batch_size {self.batch_size} (each update takes "
+             "batch_size / mini_batches sequences)"),
+            (self.updates_per_batch == 1 or m.coefficient == "proximal",
+             f"mini_batches > 1 is psft's several updates per batch; {self.method} takes one update a batch"),
+            (not m.anchor or self.fused_loss,
+             "asft's KL anchor is made in the fused LM-head pass: drop --no-fused-loss"),
+        ]
+        require(checks)
+
+    @property
+    def updates_per_batch(self) -> int:
+        """Optimizer updates per offline batch (psft's mini-batches), the flag's or the method's."""
+        return self.mini_batches if self.mini_batches >= 1 else methods.get(self.method).mini_batches
+
+    @property
+    def clip_high(self) -> float:
+        """The upper clip range of the ratio, the flag's or the method's (0 = clip_eps)."""
+        return self.clip_eps_high if self.clip_eps_high > 0 else methods.get(self.method).clip_high
 
     @property
     def is_online(self) -> bool:

@@ -9,22 +9,31 @@ from typing import Any
 import torch
 
 from gftrepro.engine.config import TrainConfig
-from gftrepro.losses import TokenObjective, token_loss
+from gftrepro.losses import Anchor, TokenObjective, token_loss
 
 SOURCE_ORDER = ("expert", "teacher", "self")
 STAT_KEYS = ["loss", "tokens", "entropy", "prob", "rectified", "clipped", "kl", "kl_tokens"] + \
     [f"{k}/{s}" for s in SOURCE_ORDER for k in ("logprob", "logprob_tokens", "advantage", "seqs")]
-STAT_KEYS = ["loss", "tokens", "entropy", "prob", "rectified", "clipped", "kl", "kl_tokens"] + \
-    [f"{k}/{s}" for s in SOURCE_ORDER for k in ("logprob", "logprob_tokens", "advantage", "seqs")]
+
+
+@torch.no_grad()
+def anchor_for(ref: torch.nn.Module, b: dict, coef: float) -> Anchor:
+    """asft: the frozen reference's final hidden states at the micro-batch's scored positions (one no-grad
+    forward, in the order ``Policy`` flattens them) and its LM head."""
+    sel = b["response_mask"][:, 1:].bool()
+    hidden = ref.get_decoder()(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+    return Anchor(hidden[:, :-1][sel], ref.get_output_embeddings().weight, coef)
 
 
 def backward_step(policy: torch.nn.Module, micro_batches: list[dict], config: TrainConfig, num_tokens: int,
-                  num_seqs: int, scale: float, no_sync: Any) -> dict[str, float]:
+                  num_seqs: int, scale: float, no_sync: Any, anchor_ref: torch.nn.Module | None = None
+                  ) -> dict[str, float]:
     """Forward + backward over this process's micro-batches of one optimizer step.
 
     Each micro-batch's loss is divided by the step's global token (or sequence) count and
     multiplied by ``scale`` (the process count: DDP averages gradients over processes), so the
-    summed gradient equals the whole batch's, however it was split. Returns the metric sums.
+    summed gradient equals the whole batch's, however it was split. ``anchor_ref`` (asft): the frozen
+    reference whose KL to the policy joins the loss. Returns the metric sums.
     """
     stats = dict.fromkeys(STAT_KEYS, 0.0)
     for j, b in enumerate(micro_batches):
@@ -32,10 +41,11 @@ def backward_step(policy: torch.nn.Module, micro_batches: list[dict], config: Tr
         with no_sync(policy) if not sync else nullcontext():
             old = b.get("old_logprobs")
             spec = dict(method=config.method, tau=config.tau, agg=config.agg, num_tokens=num_tokens, num_seqs=num_seqs,
-                        old_logprobs=old, clip_eps=config.clip_eps, ref_logprobs=b.get("ref_logprobs"),
-                        beta=config.kl_coef)
+                        old_logprobs=old, clip_eps=config.clip_eps, clip_high=config.clip_high,
+                        ref_logprobs=b.get("ref_logprobs"), beta=config.kl_coef)
             if config.fused_loss:
-                objective = TokenObjective.build(b["response_mask"], b["advantages"], **spec)
+                anchor = None if anchor_ref is None else anchor_for(anchor_ref, b, config.anchor_coef)
+                objective = TokenObjective.build(b["response_mask"], b["advantages"], anchor=anchor, **spec)
                 loss, logprobs, entropy = policy(b["input_ids"], b["attention_mask"], b["response_mask"],
                                                  with_entropy=True, objective=objective)
             else:
@@ -50,9 +60,10 @@ def backward_step(policy: torch.nn.Module, micro_batches: list[dict], config: Tr
             stats["entropy"] += float(entropy[mask].sum())
             stats["prob"] += float(p.sum())
             stats["rectified"] += float((p < config.tau).sum())
-            if old is not None:  # share of tokens whose ratio the clip held (grpo, later ppo epochs)
+            if old is not None:  # share of tokens whose ratio the clip held (grpo, later ppo epochs, psft)
                 ratio = (logprobs.detach() - old).exp()[mask]
-                stats["clipped"] += float(((ratio - 1).abs() > config.clip_eps).sum())
+                high = config.clip_high or config.clip_eps
+                stats["clipped"] += float(((ratio > 1 + high) | (ratio < 1 - config.clip_eps)).sum())
             per_seq_lp = torch.where(mask, logprobs.detach(), 0.0).sum(-1)
             for i, source in enumerate(b["sources"]):
                 stats[f"logprob/{source}"] += float(per_seq_lp[i])

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from gftrepro import config as cfg
-from gftrepro import fsdp, store
+from gftrepro import fsdp, methods, store
 from gftrepro.engine.batches import Example, collate
 from gftrepro.engine.config import TrainConfig
 from gftrepro.engine.state import last_metric, resume_step, save_checkpoint, summary_line, truncate_metrics
@@ -132,7 +132,7 @@ class Trainer:
             console.print("  note: bf16 weights with adamw drop every update below half a bf16 step (20 SFT steps "
                           "at lr 1e-6 on SmolLM2-135M moved the loss 0.4% as far as fp32 weights); "
                           "--optimizer adamw8bit rounds them stochastically (98.6%)", markup=False)
-        updates = total_steps * config.ppo_epochs
+        updates = total_steps * config.ppo_epochs * config.updates_per_batch
         self.scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * updates), updates)
         if self.sharded is not None:
             self.policy, self.optimizer = policy, optimizer
@@ -144,9 +144,15 @@ class Trainer:
         self.metrics_path = vdir.path / "metrics.jsonl"
         if self.main:
             truncate_metrics(self.metrics_path, self.start)
-        needs_ref = config.kl_every or config.kl_coef
+        self.anchored = methods.get(config.method).anchor  # asft: the KL anchor to the starting model
+        needs_ref = config.kl_every or config.kl_coef or self.anchored
         ref_path = resolve_model(config.ref_model).path if config.ref_model else model.path
         self.ref = load_causal_lm(ref_path, "ref").to(accelerator.device).eval() if needs_ref else None
+        self.anchor = None  # asft's anchor is the model this training started from, whatever --ref-model says
+        if self.anchored:
+            self.anchor = self.ref if ref_path == model.path else \
+                load_causal_lm(model.path, "anchor").to(accelerator.device).eval()
+            self.anchor.requires_grad_(False)
         self.ref_policy = Policy(self.ref, config.logprob_chunk) if config.kl_coef else None
         self.started = time.perf_counter()
 
@@ -186,7 +192,7 @@ class Trainer:
         self.policy.train()
         sharded = self.sharded is not None
         sums = backward_step(self.policy, micro, config, num_tokens, num_seqs, float(self.world),
-                             fsdp.no_sync if sharded else acc.no_sync)
+                             fsdp.no_sync if sharded else acc.no_sync, self.anchor)
         if config.kl_every and (step + 1) % config.kl_every == 0:
             with fsdp.unsharded(self.sharded) if sharded else nullcontext():
                 for b in micro:
@@ -231,7 +237,8 @@ class Trainer:
         """Save the model, write the manifest (main process), remove the checkpoint."""
         acc = self.accelerator
         acc.wait_for_everyone()
-        if self.skipped >= self.total_steps * self.config.ppo_epochs and self.total_steps:
+        if self.skipped >= self.total_steps * self.config.ppo_epochs * self.config.updates_per_batch and \
+                self.total_steps:
             raise GftError(f"every optimizer step was skipped (non-finite loss or gradient): nothing trained; "
                            f"see {self.metrics_path}")
         state = self.full_weights() if self.sharded is not None else None  # gathered on every process
