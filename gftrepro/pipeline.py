@@ -20,8 +20,9 @@ the previous round's checkpoint, re-verifies, rebuilds the groups (same teacher 
 on from that checkpoint: the bridge to the authors' on-policy setting, one round at a time.
 Each stage reads exactly the upstream versions this run made (never "the latest").
 
-Method names: the offline methods (``sft``, ``sft-mix``, ``dft``, ``gft``, ``gft-no-dcr``,
-``gft-no-gal``), their on-policy forms (``gft-online``, ``gft-no-dcr-online``, ``gft-no-gal-online``:
+Method names: the offline methods (``sft``, ``sft-mix``, ``dft``, ``asft``, ``psft``, ``gft``, ``gft-no-dcr``,
+``gft-no-gal``, ``gft-no-mix``), the group methods' on-policy forms (``gft-online``, ``gft-no-dcr-online``,
+``gft-no-gal-online``, ``gft-no-mix-online``:
 ``gft train --online``) and ``grpo`` (always on-policy). A chain joins names with ``:``, each link
 starting from the previous link's model (``gft train --init``): ``sft:grpo``, ``sft:gft-online:grpo``.
 An offline group method inside a chain trains on groups whose self samples come from the model it
@@ -82,8 +83,9 @@ def chain(entry: str) -> list[tuple[str, bool]]:
 @dataclass(frozen=True)
 class RunConfig:
     methods: list[str] = opt(["sft", "gft", "gft-online", "grpo"], "methods to train and compare: offline (sft, "
-                             "sft-mix, dft, gft, gft-no-dcr, gft-no-gal), on-policy (gft-online, gft-no-dcr-online, "
-                             "gft-no-gal-online, grpo), or chains joined by ':' (sft:grpo)")
+                             "sft-mix, dft, asft, psft, gft, gft-no-dcr, gft-no-gal, gft-no-mix), on-policy "
+                             "(gft-online, gft-no-dcr-online, gft-no-gal-online, gft-no-mix-online, grpo), or chains "
+                             "joined by ':' (sft:grpo)")
     seeds: int = opt(1, "seeds per method (training data order and evaluation sampling)")
     per_method: dict = opt({}, "train keys per method, over the train section (e.g. sft: {lr: 5.0e-5}): chains "
                                "mix methods whose settings differ")

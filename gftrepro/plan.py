@@ -8,6 +8,9 @@ estimates from stated assumptions (each overridable by a flag):
   chain-of-thought; ``gft eval``/sampling record the real ``completion_tokens`` after a first run);
 - trained tokens = training sequences x (``--mean-prompt-tokens`` + mean new tokens) x epochs, or
   ``max_steps`` x ``batch_size`` sequences where the train config sets ``max_steps``;
+- asft's reference forward and psft's old-policy log-probs (several updates a batch) add a no-grad forward
+  each, about a third of a training step's compute; gft-no-mix trains GFT's groups less their teacher
+  members;
 - every training and evaluation is counted once per seed (``seeds``: each seed trains every method and
   evaluates the base and every model); eval counts ``limit`` problems per benchmark where set;
 - on-policy methods: steps x prompts_per_step x self_k samples generated during training (counted
@@ -160,15 +163,20 @@ def offline_row(entry: str, method: str, t: Any, stages: dict[str, Any], run_dir
                                          seed=seed)
             version = complete_with(run_dir, "train", as_run, {"build-groups": done["build-groups"]})
             trained += [version] if version else []
-    data = methods.get(method).data
-    sequences = ss.limit * {"groups": g.k, "sft": 1, "sft-mix": 1 + st.n}[data]
+    m = methods.get(method)
+    group = g.n_expert + g.n_self if m.no_teacher else g.k  # gft-no-mix: GFT's groups without the teacher
+    sequences = ss.limit * {"groups": group, "sft": 1, "sft-mix": 1 + st.n}[m.data]
     steps = f", {t.max_steps:,} steps x {t.batch_size}" if t.max_steps else ""
     seen = t.max_steps * t.batch_size if t.max_steps else sequences * t.epochs
     tokens = seen * (a.mean_prompt_tokens + a.mean_new_tokens)
+    # a no-grad forward is about a third of a training step's compute: asft's reference forward, psft's
+    # old-policy log-probs (several updates a batch)
+    forwards = int(m.anchor) + int(t.updates_per_batch > 1)
+    extra = {1: ", + 1 reference forward" if m.anchor else ", + old log-probs", 2: ", + 2 forwards"}.get(forwards, "")
     state = (trained[0] if seeds == 1 else f"{len(trained)}/{seeds}") if trained else None
     return {"stage": f"train {method}" + ("" if single else f" ({entry})"),
-            "work": f"{sequences:,} sequences{steps}", "samples": None, "tokens": tokens,
-            "gpu_h": train_hours(tokens, p), "done": state}
+            "work": f"{sequences:,} sequences{steps}{extra}", "samples": None, "tokens": tokens,
+            "gpu_h": None if p is None else train_hours(tokens, p) * (1 + forwards / 3), "done": state}
 
 
 def rounds_row(first: dict, method: str, rounds: int, ss: Any, a: Assumptions, p: float | None,

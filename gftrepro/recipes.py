@@ -65,6 +65,10 @@ SOURCES_NOTE = """# Sources of the values:
 #     batch 256, max length 2,048, 1 epoch.
 #   GRPO (paper section 4.1): 8 samples per prompt, no KL term; its lr and batch are not stated: ours are the
 #     authors' GFT values (lr 1e-6, 128 prompts per step), one update per batch (ratio 1).
+#   ASFT (arXiv 2509.23753; repo zhuchichi56/ASFT at 6f6f51c, train_v2.py): lambda 0.1 (their README example:
+#     0.05), lr 2e-5, 3 epochs, batch 64; PSFT (arXiv 2508.17784; repo zwhong714/PSFT at 569b1ba): batch 64,
+#     8 mini-batches (8 updates a batch), clip 0.2 / 0.28, lr 1e-6, no KL. Ours for both: the DFT recipe's
+#     max length 2,048 (ASFT's 512 would cut most NuminaMath solutions).
 #   our choices: sampling temperature 1.0 for teacher and self samples (not stated), new tokens capped at
 #     context - 1,024 (Qwen2.5-Math and DeepSeekMath have 4,096 in total), Llama contexts capped at 8,192
 #     for vLLM memory, seeds 0/1, KL to the base logged every 20 steps.
@@ -91,7 +95,7 @@ def online_section(facts: ModelFacts) -> dict:
 
 
 def train_section(method: str, facts: ModelFacts) -> dict:
-    single = method in ("sft", "sft-mix", "dft", "gft-no-gal")
+    single = method in ("sft", "sft-mix", "dft", "asft", "psft", "gft-no-gal")
     base = {"method": method, "agg": "token-mean", "adam_beta1": 0.9, "adam_beta2": 0.95, "weight_decay": 0.01,
             "warmup_ratio": 0.1, "grad_clip": 1.0, "epochs": 1, "truncation": "keep", "seed": 0, "dtype": "auto",
             "gradient_checkpointing": True, "fsdp": facts.fsdp, "logprob_chunk": 512, "save_every": 20,
@@ -109,15 +113,20 @@ def eval_section(facts: ModelFacts, n: int, temperature: float, benchmarks: list
             "max_model_len": facts.context, "workers": 16}
 
 
+# the authors' own settings of the two baselines (SOURCES_NOTE), over the DFT recipe's train section
+BASELINE_KEYS = {"asft": {"lr": 2.0e-5, "epochs": 3, "batch_size": 64, "anchor_coef": 0.1},
+                 "psft": {"lr": 1.0e-6, "batch_size": 64, "mini_batches": 8, "clip_eps": 0.2, "clip_eps_high": 0.28}}
+
+
 def recipe(facts: ModelFacts, methods: list[str], *, limit: int, ratio: tuple[int, int, int] = (1, 3, 4),
            tau: float = 0.7, eval_n: int = 16, eval_t: float = 0.5, benchmarks: list[str] | None = None,
-           online: bool = False) -> dict:
+           online: bool = False, per_method: dict | None = None) -> dict:
     first = methods[0].split(":")[-1].removesuffix("-online")
     train = train_section(first, facts) | {"tau": tau} | (online_section(facts) if online else {})
-    per_method = {}
+    per_method = dict(per_method or {})
     if online and any(m.split(":")[0] == "sft" for m in methods):  # chains starting with SFT: its own recipe
         sft = train_section("sft", facts)
-        per_method = {"sft": {k: sft[k] for k in ("lr", "batch_size", "max_length")}}
+        per_method["sft"] = {k: sft[k] for k in ("lr", "batch_size", "max_length")}
     return {
         "methods": methods, "seeds": 1, **({"per_method": per_method} if per_method else {}),
         "sample-teacher": sampling(facts, TEACHER, 3, limit, 0, 4),
@@ -137,8 +146,13 @@ def runs(facts: ModelFacts) -> dict[str, tuple[str, dict]]:
                      recipe(facts, ["gft"], limit=10_000)),
         "gft-tau0.1.yaml": ("GFT with the authors' released tau = 0.1 (variant of gft.yaml)",
                             recipe(facts, ["gft"], limit=10_000, tau=0.1)),
-        "baselines.yaml": ("SFT, SFT-mix and DFT on 100k NuminaMath-CoT samples (Table 1 baselines, DFT recipe)",
-                           recipe(facts, ["sft", "sft-mix", "dft"], limit=100_000)),
+        "baselines.yaml": ("SFT, SFT-mix, DFT, ASFT and PSFT on 100k NuminaMath-CoT samples (Table 1 baselines; "
+                           "DFT recipe, ASFT and PSFT with their authors' values in per_method)",
+                           recipe(facts, ["sft", "sft-mix", "dft", "asft", "psft"], limit=100_000,
+                                  per_method=BASELINE_KEYS)),
+        "gft-no-mix.yaml": ("GFT (no mix), Table 1: GFT's groups without their teacher samples (1 expert + 4 self), "
+                            "advantages normalised over the five",
+                            recipe(facts, ["gft-no-mix"], limit=10_000)),
         "ablations.yaml": ("GFT w/o DCR and GFT w/o GAL (ablation table)",
                            recipe(facts, ["gft-no-dcr", "gft-no-gal"], limit=10_000)),
         "passk.yaml": ("GFT at Pass@128 / Pass@256 (Table 4: SAT Math, Minerva Math, TabMWP)",

@@ -116,3 +116,13 @@ def test_plan_fits_80_columns(tmp_path, monkeypatch):
               str(tmp_path), check=True).stdout
     assert max(len(line) for line in out.splitlines()) <= 80
     assert "…" not in out and "train grpo" in out and "GPU-hours" in out and "fits" in out
+
+
+def test_plan_counts_the_baselines_extra_forwards_and_no_mix_groups(tmp_path):
+    """asft: a reference forward; psft: the old policy's log-probs; gft-no-mix: groups without teacher members."""
+    rows = plan_of(tmp_path, lambda t: t.replace("methods:\n- gft\n", "methods:\n- dft\n- asft\n- psft\n- gft-no-mix\n"
+                                                 "- gft\n"))
+    dft, asft, psft = rows["train dft"], rows["train asft"], rows["train psft"]
+    assert asft["gpu_h"] == pytest.approx(dft["gpu_h"] * 4 / 3) and "reference forward" in asft["work"]
+    assert psft["gpu_h"] == pytest.approx(dft["gpu_h"] * 4 / 3) and "old log-probs" in psft["work"]
+    assert rows["train gft-no-mix"]["tokens"] == pytest.approx(rows["train gft"]["tokens"] * 5 / 8)  # 1+4 of 1+3+4
