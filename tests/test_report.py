@@ -68,6 +68,21 @@ def test_offline_gft_and_ablations_used_when_no_online_form():
     assert got["no-gal"]["verdict"] == report.NOT_REPRODUCED
 
 
+def test_baseline_claims_judge_asft_psft_and_no_mix_and_wait_for_pear():
+    rows = [row("gft-online", **{"pass@1": (0.45, 0.01)}), row("dft", **{"pass@1": (0.30, 0.01)}),
+            row("asft", **{"pass@1": (0.33, 0.01)}), row("psft", **{"pass@1": (0.31, 0.01)}),
+            row("gft-no-mix-online", **{"pass@1": (0.44, 0.01)}), row("sft:grpo", **{"pass@1": (0.40, 0.01)})]
+    got = by_id(report.report_rows(rows))
+    assert got["baselines"]["verdict"] == report.REPRODUCED and "asft 33.0" in got["baselines"]["ours"]
+    assert got["no-mix"]["verdict"] == report.REPRODUCED and "gft-no-mix-online" in got["no-mix"]["ours"]
+    assert got["pear"]["verdict"] == report.NOT_MEASURED and "pear:grpo" in got["pear"]["ours"]
+    rows[2] = row("asft", **{"pass@1": (0.50, 0.01)})  # one baseline above GFT: the claim fails
+    rows[4] = row("gft-no-mix-online", **{"pass@1": (0.20, 0.01)})
+    got = by_id(report.report_rows(rows))
+    assert got["baselines"]["verdict"] == got["no-mix"]["verdict"] == report.NOT_REPRODUCED
+    assert report.report_rows(rows[:1])[1]["verdict"] == report.NOT_MEASURED  # no baselines in the run
+
+
 def test_paper_numbers_ship_in_the_repo_with_sources():
     paper = report.paper_numbers()
     assert report.PAPER_RESULTS.is_relative_to(report.PAPER_RESULTS.parents[2])  # inside the repo
