@@ -262,7 +262,8 @@ def plan(
         from gftrepro import pipeline
         from gftrepro import plan as planner
 
-        run_cfg, stages = pipeline.run_config(config, {}), pipeline.stage_configs(config)
+        run_cfg = pipeline.run_config(config, {})
+        stages = pipeline.with_behaviour(run_cfg, pipeline.stage_configs(config))
         pipeline.seed_range(run_cfg, stages)
         a = planner.Assumptions(mean_new_tokens, mean_prompt_tokens, gen_tok_s, gpu_gb)
         notes = [planner.memory_note(stages["sample-self"].model, a, stages["train"]),

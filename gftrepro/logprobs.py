@@ -68,7 +68,8 @@ class ChunkedTokenLogprob(torch.autograd.Function):
 class FusedTokenLoss(torch.autograd.Function):
     """The training loss through the LM head with its gradient made in the same pass, chunk by chunk.
 
-    Every method's per-token loss depends on its own token's log p only (``losses.token_terms``), so
+    Every method's per-token loss depends on its own token's log p only (``losses.token_terms``; PEAR's
+    stop-gradient weights read the other tokens' log p too, so for it a first no-grad pass makes them), so
     as soon as a chunk's log-softmax is known so is d loss / d log p (``g``, from autograd on that
     chunk's [c] vector), and d loss / d logits = g * (onehot(target) - softmax). The forward pass turns
     the chunk's logits into that in place and multiplies it straight into the hidden-state gradient
@@ -88,6 +89,8 @@ class FusedTokenLoss(torch.autograd.Function):
         n, dtype = hidden.shape[0], hidden.dtype
         w = weight.to(dtype)  # bf16 activations with fp32 master weights: matmuls in bf16
         acc = torch.float64 if dtype == torch.float64 else torch.float32
+        if getattr(objective, "needs_logprobs", False):  # pear: weights from every token's log p, first
+            objective.prepare(target_logprobs(hidden, w, targets, chunk, acc))
         anchor = getattr(objective, "anchor", None)  # asft: + coef * KL(pi_ref || pi_theta) per token
         if anchor is not None:  # a second [c, V] buffer (the reference's softmax): half the rows keep the peak
             chunk, w_ref = max(1, chunk // 2), anchor.weight.to(dtype)
@@ -152,6 +155,17 @@ class FusedTokenLoss(torch.autograd.Function):
         if not bool(grad_loss == 1):
             grads = [None if g is None else g * grad_loss.to(g.dtype) for g in grads]
         return *grads, None, None, None
+
+
+@torch.no_grad()
+def target_logprobs(hidden: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk: int, acc: torch.dtype
+                    ) -> torch.Tensor:
+    """log p(target) [N] through the LM head, chunk by chunk, without gradient (one [c, V] buffer)."""
+    out = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)
+    for s in range(0, hidden.shape[0], chunk):
+        logits = (hidden[s : s + chunk] @ w.T).to(acc)
+        out[s : s + chunk] = logits.gather(1, targets[s : s + chunk, None]).squeeze(1) - torch.logsumexp(logits, -1)
+    return out
 
 
 def fused_token_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, objective: Any,

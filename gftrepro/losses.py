@@ -37,6 +37,8 @@ policy. Aggregation (``agg``):
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -67,6 +69,8 @@ def coefficient(logprobs: torch.Tensor, advantages: torch.Tensor, method: str, t
         return a.expand_as(p)
     if kind == "dcr":
         return dcr(p, tau)
+    if kind == "pear":  # the caller passes PEAR's weights G_t as the advantages, per token
+        return a.expand_as(p)
     raise ValueError(f"method '{method}' has no fixed coefficient on -log p (known: "
                      f"{', '.join(m for m in METHODS if get(m).coefficient not in ('ratio', 'proximal'))})")
 
@@ -118,6 +122,48 @@ def token_terms(logprobs: torch.Tensor, advantages: torch.Tensor, *, method: str
     return terms
 
 
+PEAR_LEVELS = ("sequence", "token", "block")
+# From a third-party reading of PEAR's section 3.7 (the paper's html was not readable here): each token's
+# log-ratio is clipped to [-0.08, 0.3] and each log-weight to [-10, 5]. Unverified against the paper.
+PEAR_DELTA_CLIP = (-0.08, 0.3)
+PEAR_LOG_WEIGHT_CLIP = (-10.0, 5.0)
+
+
+def pear_weights(logprobs: torch.Tensor, behaviour: torch.Tensor, mask: torch.Tensor, known: torch.Tensor,
+                 level: str = "token", gamma: float = 0.999, block: int = 4) -> torch.Tensor:
+    """PEAR's stop-gradient weight G_t of every response token [B, T] (1 where ``mask`` is 0), in log space.
+
+    ``delta_t = clip(log pi_theta(y_t) - log pi_behaviour(y_t))`` (0 where ``known`` is 0: a token without a
+    behaviour log-prob, e.g. the EOS build-groups appended); t = 1..T counts a sequence's response tokens.
+
+    - sequence: log G_t = sum over the whole response of delta (the same weight on every token);
+    - token: log G_t = (T - t) log gamma + sum_{j > t} delta_j (the discounted suffix after t);
+    - block: blocks of ``block`` tokens; for t in block k ending at e_k,
+      log G_t = (T - e_k) log gamma + sum of delta over the blocks after k (block 1 is the token level).
+
+    Each log G is clipped to ``PEAR_LOG_WEIGHT_CLIP``. With pi_theta = pi_behaviour and gamma = 1 every
+    weight is 1 (SFT)."""
+    if level not in PEAR_LEVELS:
+        raise ValueError(f"unknown PEAR level '{level}' (known: {', '.join(PEAR_LEVELS)})")
+    keep = mask.bool()
+    lp, bp = logprobs.detach().double(), behaviour.detach().double()
+    delta = torch.where(keep & known.bool(), (lp - bp).clamp(*PEAR_DELTA_CLIP), 0.0)  # [B, T]
+    t = torch.cumsum(keep.long(), -1)  # 1-based index among the response tokens
+    length = keep.sum(-1, keepdim=True)  # T per sequence
+    total = delta.sum(-1, keepdim=True)
+    if level == "sequence":
+        log_w = total.expand_as(delta)
+    else:
+        size = 1 if level == "token" else block
+        end = torch.minimum(-(-t // size) * size, length).clamp(min=1)  # e_k: the last response index of t's block
+        # delta by response index (delta is 0 off the response, so those positions add 0 to column 0)
+        by_index = torch.zeros_like(delta).scatter_add_(1, torch.where(keep, t - 1, 0), delta)
+        upto = torch.cumsum(by_index, -1).gather(1, end - 1)  # sum of delta over response indices <= e_k
+        log_w = (length - end).to(delta.dtype) * math.log(gamma) + (total - upto)
+    log_w = log_w.clamp(*PEAR_LOG_WEIGHT_CLIP)
+    return torch.where(keep, log_w.exp(), 1.0).to(logprobs.dtype)
+
+
 def token_weights(mask: torch.Tensor, agg: str, num_tokens: float | torch.Tensor | None = None,
                   num_seqs: float | torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Aggregation weight of every token [B, T] (0 where ``mask`` is 0): the loss is sum(weight * l)."""
@@ -137,13 +183,14 @@ def token_loss(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Ten
                tau: float = 0.7, agg: str = "token-mean", num_tokens: float | torch.Tensor | None = None,
                num_seqs: float | torch.Tensor | None = None, old_logprobs: torch.Tensor | None = None,
                clip_eps: float = 0.2, clip_high: float = 0.0, ref_logprobs: torch.Tensor | None = None,
-               beta: float = 0.0) -> torch.Tensor:
+               beta: float = 0.0, pear: Pear | None = None) -> torch.Tensor:
     """Scalar loss whose gradient is the paper's, for ``logprobs`` [B, T] (with grad) and ``mask`` [B, T].
 
     ``advantages`` [B] is read by gft, gft-no-dcr and grpo only (None is allowed for the others).
     grpo, psft: ``old_logprobs`` [B, T] (default ``sg(logprobs)``: one update per batch), ``clip_eps``
     and ``clip_high`` (the upper clip range; 0 = ``clip_eps``).
     Any method: ``beta > 0`` adds ``beta * k3`` against ``ref_logprobs`` [B, T] per token.
+    pear: ``pear`` (the behaviour log-probs); its weights come from ``sg(logprobs)``.
     Masked positions never reach the result (``where``, not a product, so a -inf there is harmless).
     The training loop computes the same sum with ``gftrepro.logprobs.FusedTokenLoss`` (tested equal).
     """
@@ -153,10 +200,17 @@ def token_loss(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Ten
     safe_lp = torch.where(keep, logprobs, torch.zeros_like(logprobs))  # [B, T]
     old = None if old_logprobs is None else torch.where(keep, old_logprobs, 0.0)
     ref = torch.where(keep, ref_logprobs, 0.0) if beta else None
-    terms = token_terms(safe_lp, advantages[:, None], method=method, tau=tau, old_logprobs=old, clip_eps=clip_eps,
+    per = advantages[:, None] if get(method).coefficient != "pear" else pear_of(pear, method).weights(safe_lp, mask)
+    terms = token_terms(safe_lp, per, method=method, tau=tau, old_logprobs=old, clip_eps=clip_eps,
                         clip_high=clip_high, ref_logprobs=ref, beta=beta)
     per_token = torch.where(keep, terms, 0.0)  # [B, T]
     return (per_token * token_weights(mask, agg, num_tokens, num_seqs, per_token.dtype)).sum()
+
+
+def pear_of(pear: Pear | None, method: str) -> Pear:
+    if pear is None:
+        raise ValueError(f"method '{method}' needs the behaviour policy's log-probs (pear=Pear(...))")
+    return pear
 
 
 def check_advantages(advantages: torch.Tensor | None, method: str, logprobs: torch.Tensor) -> torch.Tensor:
@@ -165,6 +219,21 @@ def check_advantages(advantages: torch.Tensor | None, method: str, logprobs: tor
             raise ValueError(f"method '{method}' needs advantages")
         return torch.zeros(logprobs.shape[0], device=logprobs.device)
     return advantages
+
+
+@dataclass(frozen=True)
+class Pear:
+    """PEAR's inputs: the behaviour policy's log-probs [B, T] at the response tokens, where they are known
+    [B, T], and the weight's level, discount and block size (``pear_weights``)."""
+
+    behaviour: torch.Tensor
+    known: torch.Tensor
+    level: str = "token"
+    gamma: float = 0.999
+    block: int = 4
+
+    def weights(self, logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return pear_weights(logprobs, self.behaviour, mask, self.known, self.level, self.gamma, self.block)
 
 
 class TokenObjective:
@@ -178,30 +247,45 @@ class TokenObjective:
 
     def __init__(self, method: str, tau: float, clip_eps: float, beta: float, weights: torch.Tensor,
                  advantages: torch.Tensor, old_logprobs: torch.Tensor | None, ref_logprobs: torch.Tensor | None,
-                 clip_high: float = 0.0, anchor: Anchor | None = None):
+                 clip_high: float = 0.0, anchor: Anchor | None = None, pear: Pear | None = None,
+                 where: torch.Tensor | None = None):
         self.method, self.tau, self.clip_eps, self.beta, self.clip_high = method, tau, clip_eps, beta, clip_high
         self.weights, self.advantages, self.old, self.ref = weights, advantages, old_logprobs, ref_logprobs
-        self.anchor = anchor
+        self.anchor, self.pear, self.where = anchor, pear, where
+
+    @property
+    def needs_logprobs(self) -> bool:
+        """pear: every token's weight reads the other tokens' log p, so the fused pass computes them first."""
+        return self.pear is not None
+
+    def prepare(self, logprobs: torch.Tensor) -> None:
+        """pear: the scored tokens' log p [N] (no gradient) -> PEAR's weights, read as the advantages."""
+        full = torch.zeros(self.where.shape, dtype=torch.float64, device=logprobs.device)
+        full[self.where] = logprobs.detach().to(torch.float64)
+        self.advantages = self.pear.weights(full, self.where)[self.where]
 
     @classmethod
     def build(cls, mask: torch.Tensor, advantages: torch.Tensor | None, *, method: str, tau: float = 0.7,
               agg: str = "token-mean", num_tokens: float | torch.Tensor | None = None,
               num_seqs: float | torch.Tensor | None = None, old_logprobs: torch.Tensor | None = None,
               clip_eps: float = 0.2, clip_high: float = 0.0, ref_logprobs: torch.Tensor | None = None,
-              beta: float = 0.0, anchor: Anchor | None = None) -> TokenObjective:
-        """``anchor``: asft's KL term (its hidden states already [N, H], in the scored tokens' order)."""
+              beta: float = 0.0, anchor: Anchor | None = None, pear: Pear | None = None) -> TokenObjective:
+        """``anchor``: asft's KL term (its hidden states already [N, H], in the scored tokens' order);
+        ``pear``: the behaviour log-probs, whose weights ``prepare`` makes once the log-probs are known."""
         check_args(method, tau, agg, beta, ref_logprobs)
+        if get(method).coefficient == "pear":
+            pear_of(pear, method)
         wide = torch.float64  # small [B, T] tensors, cast to the log-probs' dtype per chunk
         adv = check_advantages(advantages, method, mask).detach().to(wide)[:, None].expand(mask.shape)
         return cls(method, tau, clip_eps, beta, token_weights(mask, agg, num_tokens, num_seqs, wide), adv,
                    None if old_logprobs is None else old_logprobs.detach().to(wide),
-                   ref_logprobs.detach().to(wide) if beta else None, clip_high, anchor)
+                   ref_logprobs.detach().to(wide) if beta else None, clip_high, anchor, pear)
 
     def select(self, where: torch.Tensor) -> TokenObjective:
         """The scored tokens only ([B, T] boolean ``where`` -> [N]; the anchor is already [N, H])."""
         return TokenObjective(self.method, self.tau, self.clip_eps, self.beta, self.weights[where],
                               self.advantages[where], part(self.old, where), part(self.ref, where), self.clip_high,
-                              self.anchor)
+                              self.anchor, self.pear, where if self.pear is not None else None)
 
     def __call__(self, logprobs: torch.Tensor, s: slice) -> torch.Tensor:
         dt = logprobs.dtype

@@ -13,6 +13,7 @@ Every other module asks this table instead of comparing method names:
 | gft-no-mix  | groups       | A * C(p), teacher members dropped  | optional       | 1:0:4                       |
 | asft        | sft          | sg(p), + lambda * KL(ref || theta) | never          | -                           |
 | psft        | sft          | clipped ratio, advantage 1         | never          | -                           |
+| pear        | teacher      | sg(G_t): PEAR's importance weight  | never          | -                           |
 | grpo        | -            | A * clipped ratio (+ beta * KL)    | always         | 0:0:8 (paper's GRPO)        |
 
 GFT w/o GAL keeps DCR and drops the group advantage. Offline it trains the expert solutions with
@@ -27,6 +28,9 @@ are drawn 1:0:4. ASFT (Zhu et al. 2025a) is DFT's term plus lambda times the ful
 KL(pi_ref || pi_theta) to the frozen starting model at every response position (``anchor``). PSFT
 (Zhu et al. 2025b) is PPO's clipped surrogate with advantage 1 on the expert solutions, several
 updates per batch against the policy at the batch's start (``mini_batches``, asymmetric clip).
+PEAR (arXiv 2602.01058) is SFT on the teacher's own correct samples, each token's loss times a
+stop-gradient importance weight from pi_theta / pi_teacher (``losses.pear_weights``), which needs the
+teacher's per-token log-probs (``sample-teacher --logprobs``).
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ from gftrepro.errors import GftError
 @dataclass(frozen=True)
 class Method:
     name: str
-    data: str  # offline training set: groups, sft or sft-mix ("" = online only)
-    coefficient: str  # one, p, adv-dcr, adv, dcr, ratio, proximal  (see losses.coefficient)
+    data: str  # offline training set: groups, sft, sft-mix or teacher ("" = online only)
+    coefficient: str  # one, p, adv-dcr, adv, dcr, ratio, proximal, pear  (see losses.coefficient)
     online: str  # never, optional, always
     group: tuple[int, int, int] = (0, 0, 0)  # default online group: expert, teacher, self
     uses_advantage: bool = False  # reads each response's advantage
@@ -50,6 +54,7 @@ class Method:
     no_teacher: bool = False  # offline: the groups' teacher members are dropped, advantages renormalised
     mini_batches: int = 1  # default optimizer updates per batch (psft: the authors' 8)
     clip_high: float = 0.0  # default upper clip range of the ratio (0 = clip_eps; psft: the authors' 0.28)
+    behaviour: bool = False  # trains on rows with the sampling policy's per-token log-probs (pear)
 
     @property
     def can_run_offline(self) -> bool:
@@ -71,6 +76,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            no_teacher=True),
     Method("asft", "sft", "p", "never", anchor=True),
     Method("psft", "sft", "proximal", "never", mini_batches=8, clip_high=0.28),
+    Method("pear", "teacher", "pear", "never", behaviour=True),
     Method("grpo", "", "ratio", "always", (0, 0, 8), uses_advantage=True),
 )}
 METHODS = tuple(REGISTRY)

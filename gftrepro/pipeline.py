@@ -20,7 +20,7 @@ the previous round's checkpoint, re-verifies, rebuilds the groups (same teacher 
 on from that checkpoint: the bridge to the authors' on-policy setting, one round at a time.
 Each stage reads exactly the upstream versions this run made (never "the latest").
 
-Method names: the offline methods (``sft``, ``sft-mix``, ``dft``, ``asft``, ``psft``, ``gft``, ``gft-no-dcr``,
+Method names: the offline methods (``sft``, ``sft-mix``, ``dft``, ``asft``, ``psft``, ``pear``, ``gft``, ``gft-no-dcr``,
 ``gft-no-gal``, ``gft-no-mix``), the group methods' on-policy forms (``gft-online``, ``gft-no-dcr-online``,
 ``gft-no-gal-online``, ``gft-no-mix-online``:
 ``gft train --online``) and ``grpo`` (always on-policy). A chain joins names with ``:``, each link
@@ -83,7 +83,7 @@ def chain(entry: str) -> list[tuple[str, bool]]:
 @dataclass(frozen=True)
 class RunConfig:
     methods: list[str] = opt(["sft", "gft", "gft-online", "grpo"], "methods to train and compare: offline (sft, "
-                             "sft-mix, dft, asft, psft, gft, gft-no-dcr, gft-no-gal, gft-no-mix), on-policy "
+                             "sft-mix, dft, asft, psft, pear, gft, gft-no-dcr, gft-no-gal, gft-no-mix), on-policy "
                              "(gft-online, gft-no-dcr-online, gft-no-gal-online, gft-no-mix-online, grpo), or chains "
                              "joined by ':' (sft:grpo)")
     seeds: int = opt(1, "seeds per method (training data order and evaluation sampling)")
@@ -155,11 +155,21 @@ def run_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
     return config
 
 
+def with_behaviour(config: RunConfig, stages: dict[str, Any]) -> dict[str, Any]:
+    """The stages as this run needs them: a method trained on the teacher's log-probs (pear) has the
+    teacher sampled with ``logprobs`` (the samples are the same; the version records the log-probs)."""
+    needs = any(REGISTRY[m].behaviour for entry in config.methods for m, _ in chain(entry))
+    if needs and not stages["sample-teacher"].logprobs:
+        return {**stages, "sample-teacher": dataclasses.replace(stages["sample-teacher"], logprobs=True)}
+    return stages
+
+
 def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Console | None = None) -> dict:
     from gftrepro import evaluate, sample
     from gftrepro.stage import BASELINES
 
     console = console or Console()
+    stages = with_behaviour(config, stages)
     BASELINES.update({name: stages[name] for name in SECTIONS})
     teacher = sample.run(stages["sample-teacher"], run_dir, "teacher", console)
     student = stages["sample-self"].model

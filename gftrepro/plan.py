@@ -98,7 +98,8 @@ def plan_rows(run: Any, stages: dict[str, Any], run_dir: Path, a: Assumptions) -
         c = stages[f"sample-{source}"]
         samples = c.limit * c.n
         tokens = samples * a.mean_new_tokens
-        rows.append({"stage": f"sample-{source}", "work": f"{c.limit:,} prompts x {c.n}",
+        lp = " + log-probs" if getattr(c, "logprobs", False) else ""  # pear's behaviour log-probs: no extra pass
+        rows.append({"stage": f"sample-{source}", "work": f"{c.limit:,} prompts x {c.n}{lp}",
                      "samples": samples, "tokens": tokens, "gpu_h": gpu_hours_gen(tokens, c.model, a),
                      "done": done[f"sample-{source}"]})
     g = stages["build-groups"]
@@ -165,7 +166,7 @@ def offline_row(entry: str, method: str, t: Any, stages: dict[str, Any], run_dir
             trained += [version] if version else []
     m = methods.get(method)
     group = g.n_expert + g.n_self if m.no_teacher else g.k  # gft-no-mix: GFT's groups without the teacher
-    sequences = ss.limit * {"groups": group, "sft": 1, "sft-mix": 1 + st.n}[m.data]
+    sequences = ss.limit * {"groups": group, "sft": 1, "sft-mix": 1 + st.n, "teacher": st.n}[m.data]
     steps = f", {t.max_steps:,} steps x {t.batch_size}" if t.max_steps else ""
     seen = t.max_steps * t.batch_size if t.max_steps else sequences * t.epochs
     tokens = seen * (a.mean_prompt_tokens + a.mean_new_tokens)

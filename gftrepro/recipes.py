@@ -172,6 +172,13 @@ def runs(facts: ModelFacts) -> dict[str, tuple[str, dict]]:
                         recipe(facts, ["sft:grpo", "gft-online:grpo", "sft:gft-online:grpo"], limit=10_000,
                                online=True)),
     }
+    pear = recipe(facts, ["sft:grpo", "pear:grpo"], limit=10_000, online=True,
+                  per_method={"pear": {"lr": 1.0e-5, **{k: v for k, v in train_section("sft", facts).items()
+                                                        if k in ("batch_size", "max_length")}}})
+    pear["sample-teacher"]["logprobs"] = True  # PEAR's behaviour policy: the teacher's own per-token log-probs
+    out["pear.yaml"] = ("PEAR then GRPO beside SFT then GRPO (the PEAR paper's comparison, arXiv 2602.01058): PEAR "
+                        "on the teacher's correct samples with their log-probs, token level, gamma 0.999, lr 1e-5 "
+                        "(a third-party reading of the paper, unverified)", pear)
     for demo, own in ((8, 0), (6, 2), (4, 4), (2, 6), (0, 8)):
         out[f"ratio-{demo}-{own}.yaml"] = (f"Group composition N_demo:N_sample = {demo}:{own} (Table 5)",
                                            recipe(facts, ["gft"], limit=10_000, ratio=(demo, 0, own)))

@@ -4,7 +4,8 @@ GRPO), one engine.
 Offline (the default for every method but grpo) it reads the latest complete ``build-groups``
 version (or ``--build-groups-version``): its group shards (gft, gft-no-dcr) or ``sft.parquet`` /
 ``sft-mix.parquet`` (sft, dft, asft, psft, gft-no-gal, sft-mix), and the student model it was built for
-(gft-no-mix: the group shards without their teacher members, advantages normalised again).
+(gft-no-mix: the group shards without their teacher members, advantages normalised again; pear: the
+correct teacher samples of ``sft-mix.parquet`` with their per-token log-probs).
 On-policy (``--online``; grpo always) it reads a ``verify`` version instead and samples the self
 responses of every step from the current weights (``gftrepro/online.py``).
 ``--init`` starts from an earlier train version's model (chains such as SFT -> GRPO), or ``--model``.
@@ -58,16 +59,20 @@ from gftrepro.models import load_tokenizer
 from gftrepro.stage import already_done, open_stage
 
 
-def read_rows(vdir: store.VersionDir, dataset: str) -> list[dict]:
-    paths = vdir.shard_paths() if dataset == "groups" else [vdir.path / f"{dataset}.parquet"]
-    needed = ["group_id", "prompt", "completion", "source", "advantage", "reward"]
+def read_rows(vdir: store.VersionDir, dataset: str, behaviour: bool = False) -> list[dict]:
+    """The rows of ``dataset`` (teacher: the correct teacher samples of ``sft-mix.parquet``); ``behaviour``:
+    with their sampler log-probs."""
+    file = "sft-mix" if dataset == "teacher" else dataset
+    paths = vdir.shard_paths() if dataset == "groups" else [vdir.path / f"{file}.parquet"]
+    needed = ["group_id", "prompt", "completion", "source", "advantage", "reward"] + (["logprobs"] if behaviour else [])
     rows = []
     for path in paths:
         names = pq.read_schema(path).names
         missing = [c for c in needed if c not in names]
         if missing:
             raise GftError(f"{path} has no column '{missing[0]}' (columns: {', '.join(names)})")
-        rows.extend(pq.read_table(path, columns=needed).to_pylist())
+        rows.extend(r for r in pq.read_table(path, columns=needed).to_pylist()
+                    if dataset != "teacher" or r["source"] == "teacher")
     for r in rows:
         if r["advantage"] is None or not math.isfinite(r["advantage"]):
             raise GftError(f"advantage {r['advantage']} in group {r['group_id']} of {vdir.path} is not finite")
@@ -80,8 +85,13 @@ def read_rows(vdir: store.VersionDir, dataset: str) -> list[dict]:
 def method_rows(config: TrainConfig, vdir: store.VersionDir) -> list[dict]:
     """The rows ``config.method`` trains on: GFT (no mix) drops the groups' teacher members and normalises
     the advantages again with the build-groups version's own std and eps."""
-    rows = read_rows(vdir, config.dataset)
-    if methods.get(config.method).no_teacher and config.dataset == "groups":
+    m = methods.get(config.method)
+    rows = read_rows(vdir, config.dataset, m.behaviour)
+    if m.behaviour and not any(r["logprobs"] is not None for r in rows):
+        raise GftError(f"{config.method} needs the teacher's per-token log-probs and {vdir.path} has none: sample "
+                       "them with `gft sample-teacher --logprobs`, then rerun gft verify and gft build-groups (gft run "
+                       "does this itself when a method needs them)")
+    if m.no_teacher and config.dataset == "groups":
         built = json.loads((vdir.path / store.CONFIG).read_text(encoding="utf-8"))["config"]
         rows = without_source(rows, "teacher", built.get("std", "unbiased"), float(built.get("eps", 1e-6)))
     return rows
@@ -132,7 +142,8 @@ def run(config: TrainConfig, run_dir: Path, console: Console | None = None) -> d
     console = console or Console(quiet=not main)
     bg, model = training_inputs(config, run_dir)
     tokenizer = load_tokenizer(model)
-    examples, dropped = tokenize(method_rows(config, bg), tokenizer, config.max_length, config.truncation)
+    examples, dropped = tokenize(method_rows(config, bg), tokenizer, config.max_length, config.truncation,
+                                 methods.get(config.method).behaviour)
     steps = plan_steps(config, examples, world)
     inputs = {"build-groups": bg.version, "model": {"ref": model.ref, "fingerprint": model.fingerprint}}
     vdir = open_stage(run_dir, "train", config, inputs, console)

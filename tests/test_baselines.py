@@ -198,3 +198,114 @@ def test_bad_baseline_input(baseline_run, args, message):
     assert len(proc.stderr.strip().splitlines()) == 1
     after = sorted((baseline_run / "train").glob("*/manifest.json")) if (baseline_run / "train").exists() else []
     assert after == before  # nothing is marked complete
+
+
+# --- PEAR ----------------------------------------------------------------------------------------------------
+
+
+def pear_reference(lp, bp, mask, known, level, gamma, block):
+    """PEAR's weights by loops over each sequence's response tokens, in Python floats."""
+    import math
+
+    from gftrepro.losses import PEAR_DELTA_CLIP, PEAR_LOG_WEIGHT_CLIP
+
+    out = torch.ones(lp.shape, dtype=torch.float64)
+    for b in range(lp.shape[0]):
+        pos = [i for i in range(lp.shape[1]) if mask[b, i]]
+        n = len(pos)
+        d = [min(max(float(lp[b, i] - bp[b, i]), PEAR_DELTA_CLIP[0]), PEAR_DELTA_CLIP[1]) if known[b, i] else 0.0
+             for i in pos]
+        for t, i in enumerate(pos, 1):
+            if level == "sequence":
+                log_w = sum(d)
+            else:
+                end = t if level == "token" else min(math.ceil(t / block) * block, n)
+                log_w = (n - end) * math.log(gamma) + sum(d[end:])
+            out[b, i] = math.exp(min(max(log_w, PEAR_LOG_WEIGHT_CLIP[0]), PEAR_LOG_WEIGHT_CLIP[1]))
+    return out
+
+
+def pear_case(seed=0, spread=0.1):
+    g = torch.Generator().manual_seed(seed)
+    lp = -torch.rand(3, 11, generator=g, dtype=torch.float64) * 2
+    bp = lp + spread * torch.randn(3, 11, generator=g, dtype=torch.float64)
+    mask = torch.zeros(3, 11, dtype=torch.long)
+    mask[0, 2:11], mask[1, 4:8], mask[2, 1:10] = 1, 1, 1
+    known = mask.bool().clone()
+    known[0, 10] = False  # the appended EOS: no behaviour log-prob
+    return lp, bp, mask, known
+
+
+@pytest.mark.parametrize("level", ["sequence", "token", "block"])
+@pytest.mark.parametrize(("gamma", "block", "spread"), [(0.999, 4, 0.1), (0.9, 3, 0.1), (1.0, 2, 3.0)])
+def test_pear_weights_equal_the_loop_reference(level, gamma, block, spread):
+    from gftrepro.losses import pear_weights
+
+    lp, bp, mask, known = pear_case(spread=spread)  # spread 3: every log-ratio clipped
+    got = pear_weights(lp, bp, mask, known, level, gamma, block)
+    torch.testing.assert_close(got, pear_reference(lp, bp, mask, known, level, gamma, block), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("level", ["sequence", "token", "block"])
+def test_pear_at_the_behaviour_policy_with_no_discount_is_sft(level):
+    from gftrepro.losses import Pear
+
+    lp0, _, mask, known = pear_case()
+    pear = Pear(lp0.clone(), known, level, gamma=1.0, block=3)
+    a, b = lp0.clone().requires_grad_(True), lp0.clone().requires_grad_(True)
+    loss = token_loss(a, mask, None, method="pear", pear=pear)
+    sft = token_loss(b, mask, None, method="sft")
+    torch.testing.assert_close(loss, sft)
+    loss.backward()
+    sft.backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("level", ["sequence", "token", "block"])
+@pytest.mark.parametrize("agg", AGGREGATIONS)
+def test_pear_fused_pass_equals_the_float64_full_logit_loss(level, agg):
+    """The fused pass makes the weights from a first no-grad pass of its own; the plain path from sg(log p)."""
+    from gftrepro.losses import Pear
+
+    hidden, weight, targets, mask, _, _, _ = fused_case(seed=2)
+    with torch.no_grad():
+        full = torch.log_softmax(hidden @ weight.T, -1).gather(1, targets[:, None]).squeeze(1)
+        lp = torch.zeros(mask.shape, dtype=torch.float64).masked_scatter(mask.bool(), full)
+    g = torch.Generator().manual_seed(9)
+    behaviour = lp + 0.1 * torch.randn(lp.shape, generator=g, dtype=torch.float64)
+    pear = Pear(behaviour, mask.bool(), level, gamma=0.95, block=2)
+    expected, _ = full_logit_loss(hidden, weight, targets, mask, None, method="pear", agg=agg, pear=pear)
+    expected.backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    objective = TokenObjective.build(mask, None, method="pear", agg=agg, pear=pear).select(mask.bool())
+    loss = fused_token_loss(hidden, weight, targets, objective, chunk=4)[0]
+    loss.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(hidden.grad, grads[0], rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(weight.grad, grads[1], rtol=1e-10, atol=1e-13)
+
+
+def test_pear_without_behaviour_log_probs_says_how_to_get_them(baseline_run):
+    """The grouped run's teacher was sampled without --logprobs."""
+    proc = cli("train", "--run", str(baseline_run), "--method", "pear", "--max-steps", "1")
+    assert proc.returncode == 2 and "gft sample-teacher --logprobs" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_gft_run_samples_the_teacher_with_log_probs_for_pear_and_chains_it(tmp_path):
+    from test_run import SMALL
+
+    config = tmp_path / "run.yaml"
+    config.write_text(SMALL.format(seeds=1).replace("methods: [sft, gft]", "methods: [pear, 'pear:grpo']"))
+    run = tmp_path / "run"
+    gft("run", "--config", str(config), "--run", str(run), check=True)
+    teacher = json.loads(next(run.glob("sample-teacher/*/config.json")).read_text())["config"]
+    assert teacher["logprobs"] is True
+    trained = [json.loads(m.read_text())["summary"] for m in run.glob("train/*/manifest.json")]
+    assert sorted(t["method"] for t in trained) == ["grpo", "pear"]  # pear once: the chain reuses it
+    pear = next(t for t in trained if t["method"] == "pear")
+    assert pear["data"] == "teacher" and pear["sequences"] > 0
+    rows = {r["model"] for r in json.loads((run / "summary" / "summary.json").read_text())}
+    assert rows == {"base", "pear", "pear:grpo"}

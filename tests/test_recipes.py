@@ -79,7 +79,8 @@ def plan_of(tmp_path, edit=lambda text: text, name="edited.yaml"):
 
     path = tmp_path / name
     path.write_text(edit((REPO / "stages" / "paper" / "qwen2.5-math-1.5b" / "gft.yaml").read_text()))
-    rows = planner.plan_rows(pipeline.run_config(path, {}), pipeline.stage_configs(path), tmp_path / "run",
+    run = pipeline.run_config(path, {})
+    rows = planner.plan_rows(run, pipeline.with_behaviour(run, pipeline.stage_configs(path)), tmp_path / "run",
                              planner.Assumptions())
     return {r["stage"]: r for r in rows}
 
@@ -121,7 +122,8 @@ def test_plan_fits_80_columns(tmp_path, monkeypatch):
 def test_plan_counts_the_baselines_extra_forwards_and_no_mix_groups(tmp_path):
     """asft: a reference forward; psft: the old policy's log-probs; gft-no-mix: groups without teacher members."""
     rows = plan_of(tmp_path, lambda t: t.replace("methods:\n- gft\n", "methods:\n- dft\n- asft\n- psft\n- gft-no-mix\n"
-                                                 "- gft\n"))
+                                                 "- gft\n- pear\n"))
+    assert "log-probs" in rows["sample-teacher"]["work"] and rows["train pear"]["tokens"] > 0
     dft, asft, psft = rows["train dft"], rows["train asft"], rows["train psft"]
     assert asft["gpu_h"] == pytest.approx(dft["gpu_h"] * 4 / 3) and "reference forward" in asft["work"]
     assert psft["gpu_h"] == pytest.approx(dft["gpu_h"] * 4 / 3) and "old log-probs" in psft["work"]

@@ -19,10 +19,27 @@ class Example:
     advantage: float
     source: str
     group: int
+    behaviour: tuple[float | None, ...] | None = None  # pear: the sampler's log-prob of each response token
 
 
-def tokenize(rows: list[dict], tokenizer, max_length: int, truncation: str) -> tuple[list[Example], Counter]:
-    """Token ids of prompt + response (the response's EOS, appended by build-groups, kept)."""
+def behaviour_of(row: dict, n: int) -> tuple[float | None, ...] | None | bool:
+    """pear: the sampler's log-probs aligned with the row's ``n`` response tokens: as many, or one fewer (the
+    EOS build-groups appended has none: None there); False when they cannot belong to these tokens."""
+    lp = row.get("logprobs")
+    if lp is None:
+        return None
+    if len(lp) == n:
+        return tuple(lp)
+    if len(lp) == n - 1:
+        return (*lp, None)
+    return False
+
+
+def tokenize(rows: list[dict], tokenizer, max_length: int, truncation: str, behaviour: bool = False
+             ) -> tuple[list[Example], Counter]:
+    """Token ids of prompt + response (the response's EOS, appended by build-groups, kept). ``behaviour``
+    (pear): each row's sampler log-probs come along, aligned with the response tokens; a row whose count
+    does not match its tokens is dropped and counted."""
     counts: Counter = Counter()
     examples = []
     for r in rows:
@@ -30,6 +47,10 @@ def tokenize(rows: list[dict], tokenizer, max_length: int, truncation: str) -> t
         response = tokenizer(r["completion"], add_special_tokens=False)["input_ids"]
         if not response:
             counts["empty response (dropped)"] += 1
+            continue
+        lp = behaviour_of(r, len(response)) if behaviour else None
+        if lp is False or (behaviour and lp is None):
+            counts["behaviour log-probs missing or not matching the tokens (dropped)"] += 1
             continue
         room = max_length - len(prompt)
         if room < 1:
@@ -41,7 +62,8 @@ def tokenize(rows: list[dict], tokenizer, max_length: int, truncation: str) -> t
                 continue
             counts["response truncated (kept, no EOS)"] += 1
             response = response[:room]
-        examples.append(Example(prompt + response, len(prompt), float(r["advantage"]), r["source"], r["group_id"]))
+            lp = None if lp is None else lp[:room]
+        examples.append(Example(prompt + response, len(prompt), float(r["advantage"]), r["source"], r["group_id"], lp))
     if not examples:
         raise GftError(f"no trainable rows left after tokenization: {dict(counts)}")
     return examples, counts
@@ -72,5 +94,14 @@ def collate(batch: list[Example], pad_id: int, device: torch.device) -> dict[str
         attention[i, : len(e.ids)] = 1
         response[i, e.prompt_len : len(e.ids)] = 1
     adv = torch.tensor([e.advantage for e in batch], dtype=torch.float32)
-    return {"input_ids": ids.to(device), "attention_mask": attention.to(device), "response_mask": response.to(device),
-            "advantages": adv.to(device), "sources": [e.source for e in batch]}
+    out = {"input_ids": ids.to(device), "attention_mask": attention.to(device), "response_mask": response.to(device),
+           "advantages": adv.to(device), "sources": [e.source for e in batch]}
+    if any(e.behaviour is not None for e in batch):  # pear: log-probs at the response tokens' positions
+        lp = torch.zeros((len(batch), width), dtype=torch.float32)
+        known = torch.zeros((len(batch), width), dtype=torch.bool)
+        for i, e in enumerate(batch):
+            for j, value in enumerate(e.behaviour or ()):
+                if value is not None:
+                    lp[i, e.prompt_len + j], known[i, e.prompt_len + j] = value, True
+        out |= {"behaviour_logprobs": lp.to(device), "behaviour_known": known.to(device)}
+    return out

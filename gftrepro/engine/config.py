@@ -11,21 +11,22 @@ from gftrepro import methods
 from gftrepro.config import opt, require
 from gftrepro.errors import GftError
 from gftrepro.groups import STD_MODES
-from gftrepro.losses import AGGREGATIONS
+from gftrepro.losses import AGGREGATIONS, PEAR_LEVELS
 from gftrepro.methods import METHODS
 
-DATASETS = ("groups", "sft", "sft-mix")
+DATASETS = ("groups", "sft", "sft-mix", "teacher")
 OPTIMIZERS = ("adamw", "adamw8bit")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: str = opt("gft", "sft, sft-mix, dft, asft, psft, gft, gft-no-dcr, gft-no-gal, gft-no-mix or grpo")
+    method: str = opt("gft", "sft, sft-mix, dft, asft, psft, pear, gft, gft-no-dcr, gft-no-gal, gft-no-mix or grpo")
     online: bool = opt(False, "sample the self responses from the current weights every step (gft, gft-no-dcr, "
                               "gft-no-gal; grpo always does)")
     init: str = opt("", "start from this model: a complete train version of this run, or a model folder "
                         "('' = --model)")
-    data: str = opt("", "training set: groups, sft or sft-mix ('' = the method's own)")
+    data: str = opt("", "training set: groups, sft, sft-mix or teacher (the correct teacher samples) ('' = the "
+                        "method's own)")
     build_groups_version: str = opt("", "build-groups version to read ('' = the latest complete one)", versioned=False)
     model: str = opt("", "model to train ('' = the student build-groups / sample-self used)")
     verify_version: str = opt("", "online: verify version with the problems, expert solutions and teacher rewards "
@@ -78,6 +79,12 @@ class TrainConfig:
     mini_batches: int = opt(-1, "psft: optimizer updates per batch, each on batch_size / mini_batches sequences, all "
                                 "against the policy at the batch's start (-1 = the method's: psft 8, as the authors' "
                                 "64-prompt batches of 8; others 1)", versioned="unless-default")
+    pear_level: str = opt("token", "pear: weight level, sequence, token (the discounted suffix after each token) or "
+                                   "block", versioned="unless-default")
+    pear_gamma: float = opt(0.999, "pear: discount per token of the suffix product (token and block levels; from a "
+                                   "third-party reading of the paper, unverified)", versioned="unless-default")
+    pear_block: int = opt(4, "pear: tokens per block at the block level (third-party reading, unverified)",
+                          versioned="unless-default")
     clip_eps_high: float = opt(-1.0, "upper clip range of the ratio, 1 + clip_eps_high (-1 = the method's: psft 0.28 "
                                      "as the authors; grpo clip_eps)", versioned="unless-default")
     rollout_backend: str = opt("hf", "online: generation backend, hf (in-process) or vllm (colocated)")
@@ -170,6 +177,12 @@ class TrainConfig:
              "batch_size / mini_batches sequences)"),
             (self.updates_per_batch == 1 or m.coefficient == "proximal",
              f"mini_batches > 1 is psft's several updates per batch; {self.method} takes one update a batch"),
+            (self.pear_level in PEAR_LEVELS, f"pear_level must be one of {', '.join(PEAR_LEVELS)}, got "
+                                             f"'{self.pear_level}'"),
+            (0 < self.pear_gamma <= 1, f"pear_gamma must be in (0, 1], got {self.pear_gamma}"),
+            (self.pear_block >= 1, f"pear_block must be at least 1, got {self.pear_block}"),
+            (not m.behaviour or self.dataset == "teacher",
+             f"pear trains on the teacher's samples with their log-probs (data 'teacher'), not '{self.dataset}'"),
             (not m.anchor or self.fused_loss,
              "asft's KL anchor is made in the fused LM-head pass: drop --no-fused-loss"),
         ]

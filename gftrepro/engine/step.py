@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from gftrepro.engine.config import TrainConfig
-from gftrepro.losses import Anchor, TokenObjective, token_loss
+from gftrepro.losses import Anchor, Pear, TokenObjective, token_loss
 
 SOURCE_ORDER = ("expert", "teacher", "self")
 STAT_KEYS = ["loss", "tokens", "entropy", "prob", "rectified", "clipped", "kl", "kl_tokens"] + \
@@ -23,6 +23,13 @@ def anchor_for(ref: torch.nn.Module, b: dict, coef: float) -> Anchor:
     sel = b["response_mask"][:, 1:].bool()
     hidden = ref.get_decoder()(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
     return Anchor(hidden[:, :-1][sel], ref.get_output_embeddings().weight, coef)
+
+
+def pear_for(b: dict, config: TrainConfig) -> Pear | None:
+    """pear: the micro-batch's behaviour log-probs and the weight's settings."""
+    if "behaviour_logprobs" not in b:
+        return None
+    return Pear(b["behaviour_logprobs"], b["behaviour_known"], config.pear_level, config.pear_gamma, config.pear_block)
 
 
 def backward_step(policy: torch.nn.Module, micro_batches: list[dict], config: TrainConfig, num_tokens: int,
@@ -42,7 +49,7 @@ def backward_step(policy: torch.nn.Module, micro_batches: list[dict], config: Tr
             old = b.get("old_logprobs")
             spec = dict(method=config.method, tau=config.tau, agg=config.agg, num_tokens=num_tokens, num_seqs=num_seqs,
                         old_logprobs=old, clip_eps=config.clip_eps, clip_high=config.clip_high,
-                        ref_logprobs=b.get("ref_logprobs"), beta=config.kl_coef)
+                        ref_logprobs=b.get("ref_logprobs"), beta=config.kl_coef, pear=pear_for(b, config))
             if config.fused_loss:
                 anchor = None if anchor_ref is None else anchor_for(anchor_ref, b, config.anchor_coef)
                 objective = TokenObjective.build(b["response_mask"], b["advantages"], anchor=anchor, **spec)
