@@ -22,10 +22,10 @@
   warm-up). ``gft-fused-bf16w-adamw8bit`` is the one-GPU way
   for 7B/8B (``--param-dtype bfloat16 --optimizer adamw8bit``): ``--model qwen7b`` (Qwen2.5-7B's shape,
   random weights) ``--setups gft-fused-bf16w-adamw8bit --micro 1`` measures it on one GPU.
-  The Table 1 baselines: ``--setups sft-fused,dft-fused,asft-fused,psft-fused`` (``--model smollm2``:
+  The Table 1 baselines and PEAR: ``--setups sft-fused,dft-fused,asft-fused,psft-fused,pear-fused`` (``--model smollm2``:
   SmolLM2-135M's real weights): ASFT's step includes its reference forward and KL anchor; PSFT's is one
   update with the old policy's log-probs taken before the timed step (once a batch in training, over
-  its 8 updates). Each result carries the process's peak RSS (``max_rss_gib``: the model, its
+  its 8 updates); PEAR's (``pear-fused``) includes its weights' first no-grad LM-head pass. Each result carries the process's peak RSS (``max_rss_gib``: the model, its
   optimizer and, for ASFT, the reference copy).
 - ``lowmem``: what ``--param-dtype`` and ``--optimizer`` cost and keep, on SmolLM2-135M's real
   weights: fp32 + torch AdamW (the reference), bf16 + torch AdamW, bf16 + torchao AdamW8bit with
@@ -163,6 +163,7 @@ STEP_SETUPS = {
     "dft-fused": Setup("gft", "dft"),
     "asft-fused": Setup("gft", "asft"),  # + the reference's forward and the KL anchor in the LM-head pass
     "psft-fused": Setup("gft", "psft"),  # one update, against old log-probs taken before the timed step
+    "pear-fused": Setup("gft", "pear"),  # + its weights' first no-grad LM-head pass (behaviour log-probs: -1)
     "gft-fused-bf16w": Setup("gft", "gft", param_dtype="bfloat16"),
     "gft-fused-compiled": Setup("gft", "gft", compile=True),
     "gft-fused-bf16w-compiled": Setup("gft", "gft", param_dtype="bfloat16", compile=True),
@@ -259,7 +260,8 @@ def gft_trainer(folder: Path, setup: Setup, batch: int, seq: int, micro: int, n:
     trainer = Trainer(config, make_accelerator(config), vdir, resolve_model(str(folder)),
                       AutoTokenizer.from_pretrained(folder), n, Console(quiet=True))
     ids, _, adv = synthetic_batch(trainer.net.config.vocab_size, batch, seq)
-    examples = [Example(ids[i].tolist(), seq // 4, float(adv[i]), "self", i // 4) for i in range(batch)]
+    behaviour = (-1.0,) * (seq - seq // 4) if setup.method == "pear" else None  # pear reads the sampler's
+    examples = [Example(ids[i].tolist(), seq // 4, float(adv[i]), "self", i // 4, behaviour) for i in range(batch)]
     counter = iter(range(n))
     proximal = config.updates_per_batch > 1  # psft: an update reads the old policy's log-probs
 
