@@ -22,10 +22,11 @@
   warm-up). ``gft-fused-bf16w-adamw8bit`` is the one-GPU way
   for 7B/8B (``--param-dtype bfloat16 --optimizer adamw8bit``): ``--model qwen7b`` (Qwen2.5-7B's shape,
   random weights) ``--setups gft-fused-bf16w-adamw8bit --micro 1`` measures it on one GPU.
-  The Table 1 baselines and PEAR: ``--setups sft-fused,dft-fused,asft-fused,psft-fused,pear-fused`` (``--model smollm2``:
-  SmolLM2-135M's real weights): ASFT's step includes its reference forward and KL anchor; PSFT's is one
-  update with the old policy's log-probs taken before the timed step (once a batch in training, over
-  its 8 updates); PEAR's (``pear-fused``) includes its weights' first no-grad LM-head pass. Each result carries the process's peak RSS (``max_rss_gib``: the model, its
+  The Table 1 baselines and PEAR: ``--setups sft-fused,dft-fused,asft-fused,psft-fused,pear-fused``
+  (``--model smollm2``: SmolLM2-135M's real weights). ASFT's step includes its reference forward and
+  KL anchor; PSFT's is one update with the old policy's log-probs taken before the timed step (once a
+  batch in training, over its 8 updates); PEAR's (``pear-fused``) includes its weights' first no-grad
+  LM-head pass. Each result carries the process's peak RSS (``max_rss_gib``: the model, its
   optimizer and, for ASFT, the reference copy).
 - ``lowmem``: what ``--param-dtype`` and ``--optimizer`` cost and keep, on SmolLM2-135M's real
   weights: fp32 + torch AdamW (the reference), bf16 + torch AdamW, bf16 + torchao AdamW8bit with
