@@ -247,7 +247,10 @@ def report(run_dir: Path, console: Console, brief: bool = False) -> list[dict]:
         path = None
     console.print("[bold]the paper's claims on this run[/]" + ("" if brief or path is None else f" ({path})"),
                   highlight=False)
+    unmeasured = [r for r in rows if r["verdict"] == NOT_MEASURED] if brief else []
     for r in rows:
+        if r in unmeasured:
+            continue
         console.print(f"  [{COLOUR[r['verdict']]}]{r['verdict']:<14}[/] {r['claim']} ({r['paper'].split(' (')[0]})",
                       highlight=False)
         if not brief:
@@ -255,6 +258,9 @@ def report(run_dir: Path, console: Console, brief: bool = False) -> list[dict]:
                           highlight=False, style="dim")
             if "(" in r["paper"]:
                 console.print(f"      paper: {r['paper']}", highlight=False, style="dim")
+    if unmeasured:  # one line at the end of gft run: the claims whose models this run did not train
+        console.print(f"  [{COLOUR[NOT_MEASURED]}]{NOT_MEASURED:<14}[/] {len(unmeasured)} claims need models or "
+                      "settings this run does not have", highlight=False)
     if brief:
         console.print(f"  in full, with the paper's numbers: gft report --run {run_dir}", highlight=False)
     return rows
