@@ -65,12 +65,10 @@ def coefficient(logprobs: torch.Tensor, advantages: torch.Tensor, method: str, t
         return p
     if kind == "adv-dcr":
         return a * dcr(p, tau)
-    if kind == "adv":
+    if kind in ("adv", "pear"):  # pear: the caller passes PEAR's weights G_t as the advantages, per token
         return a.expand_as(p)
     if kind == "dcr":
         return dcr(p, tau)
-    if kind == "pear":  # the caller passes PEAR's weights G_t as the advantages, per token
-        return a.expand_as(p)
     raise ValueError(f"method '{method}' has no fixed coefficient on -log p (known: "
                      f"{', '.join(m for m in METHODS if get(m).coefficient not in ('ratio', 'proximal'))})")
 

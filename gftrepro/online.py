@@ -51,6 +51,7 @@ from gftrepro.backends import GenerationOptions, Request, Sample, SamplingParams
 from gftrepro.engine.batches import Example, tokenize
 from gftrepro.engine.config import TrainConfig
 from gftrepro.engine.state import summary_line
+from gftrepro.engine.step import mean_stats
 from gftrepro.engine.trainer import Trainer, make_accelerator, start_model, writing_version
 from gftrepro.errors import GftError
 from gftrepro.groups import Candidates, GroupSpec
@@ -306,7 +307,7 @@ def one_step(trainer: Trainer, sampler: Any, scorer: Scorer, params: SamplingPar
     stats: list[dict] = []
     for _ in range(config.ppo_epochs):
         stats.append(trainer.update(step, micro, num_tokens, int(totals["sequences"])))
-    sums = {key: float(np.mean([s[key] for s in stats])) for key in stats[0]}
+    sums = mean_stats(stats)
     t3 = time.perf_counter()
     sampler.load_weights(trainer.full_weights().items())
     t4 = time.perf_counter()

@@ -172,8 +172,8 @@ def offline_row(entry: str, method: str, t: Any, stages: dict[str, Any], run_dir
     tokens = seen * (a.mean_prompt_tokens + a.mean_new_tokens)
     # a no-grad forward is about a third of a training step's compute: asft's reference forward, psft's
     # old-policy log-probs (several updates a batch)
-    forwards = int(m.anchor) + int(t.updates_per_batch > 1)
-    extra = {1: ", + 1 reference forward" if m.anchor else ", + old log-probs", 2: ", + 2 forwards"}.get(forwards, "")
+    forwards = int(m.anchor) + int(t.updates_per_batch > 1)  # never both: mini-batches are psft's alone
+    extra = ", + 1 reference forward" if m.anchor else ", + old log-probs" if forwards else ""
     state = (trained[0] if seeds == 1 else f"{len(trained)}/{seeds}") if trained else None
     return {"stage": f"train {method}" + ("" if single else f" ({entry})"),
             "work": f"{sequences:,} sequences{steps}{extra}", "samples": None, "tokens": tokens,

@@ -52,6 +52,7 @@ from gftrepro import methods, online, store
 from gftrepro.engine.batches import Example, step_batches, tokenize
 from gftrepro.engine.config import TrainConfig
 from gftrepro.engine.state import summary_line
+from gftrepro.engine.step import mean_stats
 from gftrepro.engine.trainer import Trainer, make_accelerator, start_model, writing_version
 from gftrepro.errors import GftError
 from gftrepro.groups import groups_line, without_source
@@ -116,7 +117,7 @@ def step_update(trainer: Trainer, step: int, batch: list[Example]) -> dict[str, 
         trainer.add_reference_logprobs(part, old=True)
     stats = [trainer.update(step, part, trainer.global_tokens(x), len(m)) for part, x, m in zip(micro, mine, minis,
                                                                                                strict=True)]
-    return {key: sum(s[key] for s in stats) / n for key in stats[0]}
+    return mean_stats(stats)
 
 
 def training_inputs(config: TrainConfig, run_dir: Path) -> tuple[store.VersionDir, Any]:

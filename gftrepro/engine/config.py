@@ -194,9 +194,14 @@ class TrainConfig:
         return self.mini_batches if self.mini_batches >= 1 else methods.get(self.method).mini_batches
 
     @property
+    def updates_per_step(self) -> int:
+        """Optimizer updates per step: grpo's ppo_epochs times psft's mini-batches (1 for the others)."""
+        return self.ppo_epochs * self.updates_per_batch
+
+    @property
     def clip_high(self) -> float:
-        """The upper clip range of the ratio, the flag's or the method's (0 = clip_eps)."""
-        return self.clip_eps_high if self.clip_eps_high > 0 else methods.get(self.method).clip_high
+        """The upper clip range of the ratio: the flag's, else the method's, else clip_eps."""
+        return self.clip_eps_high if self.clip_eps_high > 0 else methods.get(self.method).clip_high or self.clip_eps
 
     @property
     def is_online(self) -> bool:

@@ -69,8 +69,7 @@ def backward_step(policy: torch.nn.Module, micro_batches: list[dict], config: Tr
             stats["rectified"] += float((p < config.tau).sum())
             if old is not None:  # share of tokens whose ratio the clip held (grpo, later ppo epochs, psft)
                 ratio = (logprobs.detach() - old).exp()[mask]
-                high = config.clip_high or config.clip_eps
-                stats["clipped"] += float(((ratio > 1 + high) | (ratio < 1 - config.clip_eps)).sum())
+                stats["clipped"] += float(((ratio > 1 + config.clip_high) | (ratio < 1 - config.clip_eps)).sum())
             per_seq_lp = torch.where(mask, logprobs.detach(), 0.0).sum(-1)
             for i, source in enumerate(b["sources"]):
                 stats[f"logprob/{source}"] += float(per_seq_lp[i])
@@ -78,6 +77,11 @@ def backward_step(policy: torch.nn.Module, micro_batches: list[dict], config: Tr
                 stats[f"advantage/{source}"] += float(b["advantages"][i])
                 stats[f"seqs/{source}"] += 1.0
     return stats
+
+
+def mean_stats(stats: list[dict[str, float]]) -> dict[str, float]:
+    """One step's statistics from its several updates (grpo's ppo epochs, psft's mini-batches): the mean."""
+    return {key: sum(s[key] for s in stats) / len(stats) for key in stats[0]}
 
 
 def step_metrics(step: int, sums: dict[str, float], lr: float, grad_norm: float, seconds: float,

@@ -132,7 +132,7 @@ class Trainer:
             console.print("  note: bf16 weights with adamw drop every update below half a bf16 step (20 SFT steps "
                           "at lr 1e-6 on SmolLM2-135M moved the loss 0.4% as far as fp32 weights); "
                           "--optimizer adamw8bit rounds them stochastically (98.6%)", markup=False)
-        updates = total_steps * config.ppo_epochs * config.updates_per_batch
+        updates = total_steps * config.updates_per_step
         self.scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * updates), updates)
         if self.sharded is not None:
             self.policy, self.optimizer = policy, optimizer
@@ -237,8 +237,7 @@ class Trainer:
         """Save the model, write the manifest (main process), remove the checkpoint."""
         acc = self.accelerator
         acc.wait_for_everyone()
-        if self.skipped >= self.total_steps * self.config.ppo_epochs * self.config.updates_per_batch and \
-                self.total_steps:
+        if self.skipped >= self.total_steps * self.config.updates_per_step and self.total_steps:
             raise GftError(f"every optimizer step was skipped (non-finite loss or gradient): nothing trained; "
                            f"see {self.metrics_path}")
         state = self.full_weights() if self.sharded is not None else None  # gathered on every process
