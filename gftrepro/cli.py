@@ -220,7 +220,8 @@ register()
 def run_all(
     config: Path | None = typer.Option(None, "--config", "-c", help="whole-run YAML: methods, seeds, stage sections"),
     run: Path = typer.Option(DEFAULT_RUN, "--run", "--run-dir", help="run folder"),
-    methods: str | None = typer.Option(None, "--methods", help="comma-separated [default: 'sft,gft,gft-online,grpo']"),
+    methods: str | None = typer.Option(None, "--methods", help="comma-separated; chains join with ':', settings "
+                                       "follow '@' (gft-online@tau=0.1) [default: 'sft,gft,gft-online,grpo']"),
     seeds: int | None = typer.Option(None, "--seeds", help="seeds per method [default: 1]"),
     rounds: int | None = typer.Option(None, "--rounds", help="gft: re-sample and retrain rounds [default: 1]"),
 ) -> None:
@@ -237,7 +238,7 @@ def run_all(
 
 @app.command("report")
 def report(run: Path = typer.Option(DEFAULT_RUN, "--run", "--run-dir", help="run folder (made by gft run)")) -> None:
-    """The paper's claims, one per row: where it makes them, our numbers, and a verdict by rule."""
+    """The paper's claims, one per row: where it makes them, ours with a 95% interval, and a verdict by rule."""
 
     def body() -> None:
         from gftrepro import report as reporter

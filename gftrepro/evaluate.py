@@ -114,8 +114,31 @@ def sample_ranges(folder: Path) -> dict[int, int]:
     return have
 
 
+def folder_name(benchmark: str, limit: int) -> str:
+    """The folder of a benchmark's samples inside an eval version (limit is not versioned: its own folder)."""
+    return benchmark if not limit else f"{benchmark}-first{limit}"
+
+
 def bench_folder(vdir: store.VersionDir, bench: Benchmark, limit: int) -> Path:
-    return vdir.path / (bench.name if not limit else f"{bench.name}-first{limit}")
+    return vdir.path / folder_name(bench.name, limit)
+
+
+def correct_counts(folder: Path, n: int) -> dict[str, int]:
+    """{prompt_id: correct samples among samples 0..n-1} for every problem whose n samples are all in the
+    folder's shards (a sample counted once, whatever the shards' order or overlap): ``gft report``'s
+    per-problem data."""
+    seen: dict[tuple[str, int], bool] = {}
+    for path in sorted(folder.glob("shard-p*.parquet")):
+        t = pq.read_table(path, columns=["prompt_id", "sample_idx", "correct"])
+        for pid, j, ok in zip(*(t.column(c).to_pylist() for c in ("prompt_id", "sample_idx", "correct")), strict=True):
+            if j < n:
+                seen[(pid, j)] = bool(ok)
+    counts: dict[str, list[int]] = {}
+    for (pid, _), ok in seen.items():
+        c = counts.setdefault(pid, [0, 0])
+        c[0] += ok
+        c[1] += 1
+    return {pid: c for pid, (c, m) in counts.items() if m == n}
 
 
 def missing_jobs(problems: list[dict], folder: Path, shard_size: int, n: int) -> list[tuple[int, int, int]]:

@@ -6,6 +6,7 @@
     gft run --methods sft,gft,gft-online,grpo --seeds 3  # on-policy GFT (the authors' setting) and GRPO
     gft run --methods sft:grpo,gft-online:grpo,sft:gft-online:grpo   # chains (paper Figure 4)
     gft run --config my-run.yaml                         # one file describes the whole run
+    gft run --methods gft-online,gft-online@tau=0.1,gft-online@tau=0.9   # settings as entries (Figure 6)
 
 Chain: sample-teacher -> sample-self -> verify -> build-groups -> train (each method, each seed)
 -> eval (the base model and every trained one). Each stage is the same code as its command and
@@ -28,6 +29,12 @@ starting from the previous link's model (``gft train --init``): ``sft:grpo``, ``
 An offline group method inside a chain trains on groups whose self samples come from the model it
 starts from. KL is always measured against the base student.
 
+Settings as entries: a link may carry its own train keys after ``@`` (``gft-online@tau=0.1``,
+``sft@lr=5e-5@epochs=3``), over the train section and ``per_method``; an offline group method also
+takes build-groups keys (``gft@n_self=8``), its groups rebuilt with them. ``ratio=D:S`` is Table 5's
+N_demo:N_sample (D expert slots, no teacher, S self). Each entry is trained, evaluated and summarised
+like a method, and usable in chains (``sft:gft-online@ratio=2:6:grpo``).
+
 Output: ``<run>/summary/summary.md`` (the table), ``training.png`` (loss and entropy per step,
 per method), ``passk.png`` (pass@k per method), printed as a table at the end.
 """
@@ -49,8 +56,10 @@ from gftrepro.build_groups import BuildGroupsConfig
 from gftrepro.config import opt
 from gftrepro.engine.config import TrainConfig
 from gftrepro.engine.state import metric_lines
+from gftrepro.entries import RUN_METHODS, Link, chain, parse_link
 from gftrepro.errors import GftError
 from gftrepro.evaluate import EvalConfig
+from gftrepro.evidence import PROBES
 from gftrepro.methods import REGISTRY
 from gftrepro.sample import SELF_DEFAULTS, SampleConfig
 from gftrepro.store import atomic_write_bytes
@@ -65,27 +74,13 @@ SECTIONS: dict[str, tuple[type, dict[str, Any]]] = {
     "eval": (EvalConfig, {"pass_k": 32, "limit": 200, "batch_size": 256, "max_new_tokens": 64}),
 }
 REPORT_KS = (1, 4, 16, 32, 64, 128, 256)
-RUN_METHODS = {**{n: (n, False) for n, m in REGISTRY.items() if m.can_run_offline},
-               **{f"{n}-online": (n, True) for n, m in REGISTRY.items() if m.online == "optional"},
-               **{n: (n, True) for n, m in REGISTRY.items() if m.online == "always"}}
-
-
-def chain(entry: str) -> list[tuple[str, bool]]:
-    """``sft:gft-online:grpo`` -> [(train method, online), ...]; one clear error for an unknown link."""
-    links = entry.split(":")
-    bad = [x for x in links if x not in RUN_METHODS]
-    if bad:
-        raise GftError(f"unknown method '{bad[0]}' in '{entry}' (known: {', '.join(RUN_METHODS)}; chains join them "
-                       "with ':')")
-    return [RUN_METHODS[x] for x in links]
-
-
 @dataclass(frozen=True)
 class RunConfig:
     methods: list[str] = opt(["sft", "gft", "gft-online", "grpo"], "methods to train and compare: offline (sft, "
                              "sft-mix, dft, asft, psft, pear, gft, gft-no-dcr, gft-no-gal, gft-no-mix), on-policy "
-                             "(gft-online, gft-no-dcr-online, gft-no-gal-online, gft-no-mix-online, grpo), or chains "
-                             "joined by ':' (sft:grpo)")
+                             "(gft-online, gft-no-dcr-online, gft-no-gal-online, gft-no-mix-online, grpo), chains "
+                             "joined by ':' (sft:grpo), each link with its own settings after '@' "
+                             "(gft-online@tau=0.1, gft-online@ratio=2:6, sft@lr=5e-5)")
     seeds: int = opt(1, "seeds per method (training data order and evaluation sampling)")
     per_method: dict = opt({}, "train keys per method, over the train section (e.g. sft: {lr: 5.0e-5}): chains "
                                "mix methods whose settings differ")
@@ -158,7 +153,7 @@ def run_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
 def with_behaviour(config: RunConfig, stages: dict[str, Any]) -> dict[str, Any]:
     """The stages as this run needs them: a method trained on the teacher's log-probs (pear) has the
     teacher sampled with ``logprobs`` (the samples are the same; the version records the log-probs)."""
-    needs = any(REGISTRY[m].behaviour for entry in config.methods for m, _ in chain(entry))
+    needs = any(REGISTRY[link.method].behaviour for entry in config.methods for link in chain(entry))
     if needs and not stages["sample-teacher"].logprobs:
         return {**stages, "sample-teacher": dataclasses.replace(stages["sample-teacher"], logprobs=True)}
     return stages
@@ -174,19 +169,25 @@ def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Conso
     teacher = sample.run(stages["sample-teacher"], run_dir, "teacher", console)
     student = stages["sample-self"].model
     groups = make_groups(stages, run_dir, teacher["version"], student, student, console)
+    for entry in config.methods:  # every entry's settings resolve before any training
+        for link in chain(entry):
+            train_config_for(stages, link)
     results: dict[str, list[dict]] = {"base": []}
     curves: dict[str, list[dict]] = {}
     for seed in seed_range(config, stages):
         base_eval = dataclasses.replace(stages["eval"], model=student, seed=seed)
         base = evaluate.run(base_eval, run_dir, console, show_table=False)
-        results["base"].append({"eval": base["metrics"], "train": None})
+        results["base"].append({"eval": base["metrics"], "train": None, "seed": seed,
+                                "folders": eval_folders(base, stages["eval"].limit)})
         for entry in config.methods:
-            model_dir, metrics = train_chain(stages, run_dir, entry, seed, groups, teacher["version"], config.rounds,
-                                             console)
+            model_dir, metrics, last = train_chain(stages, run_dir, entry, seed, groups, teacher["version"],
+                                                   config.rounds, console)
             curves.setdefault(entry, metrics)
             ecfg = dataclasses.replace(stages["eval"], model=str(model_dir), seed=seed)
             evaluated = evaluate.run(ecfg, run_dir, console, show_table=False)
-            results.setdefault(entry, []).append({"eval": evaluated["metrics"], "train": metrics})
+            results.setdefault(entry, []).append({"eval": evaluated["metrics"], "train": metrics, "seed": seed,
+                                                  "folders": eval_folders(evaluated, stages["eval"].limit),
+                                                  "tau": last.tau})
     signal_share = groups["summary"]["groups_out"] / max(groups["summary"]["prompts_in"], 1)
     rows = summary_rows(results, signal_share)
     write_outputs(run_dir / "summary", rows, results, curves, config)
@@ -197,58 +198,76 @@ def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Conso
     return {"rows": rows, "claims": report.report(run_dir, console, brief=True)}
 
 
+def eval_folders(manifest: dict, limit: int) -> dict[str, str]:
+    """{benchmark: its samples' folder, relative to the run}, the main benchmark first: what gft report
+    resamples."""
+    from gftrepro.evaluate import folder_name
+
+    return {b: f"eval/{manifest['version']}/{folder_name(b, limit)}" for b in manifest["metrics"]["benchmarks"]}
+
+
 def make_groups(stages: dict[str, Any], run_dir: Path, teacher_version: str, sampler: str, student: str,
-                console: Console) -> dict:
+                console: Console, settings: tuple[tuple[str, Any], ...] = ()) -> dict:
     """Self samples from ``sampler`` (the base student, or a checkpoint in later rounds), their rewards,
-    and the groups, each stage reading exactly the versions made here."""
+    and the groups (with an entry's build-groups ``settings``), each stage reading exactly the versions
+    made here."""
     from gftrepro import build_groups, sample, verify
 
     own = sample.run(dataclasses.replace(stages["sample-self"], model=sampler), run_dir, "self", console)
     verified = verify.run(dataclasses.replace(stages["verify"], teacher_version=teacher_version,
                                               self_version=own["version"]), run_dir, console)
-    return build_groups.run(dataclasses.replace(stages["build-groups"], verify_version=verified["version"],
-                                                model=student), run_dir, console)
-
-
-def train_config_for(stages: dict[str, Any], method: str) -> TrainConfig:
-    """The train section with ``method`` and that method's ``per_method`` keys applied, validated."""
-    keys = stages.get("per_method", {}).get(method, {})
-    config = cfg.build(TrainConfig, cfg.to_dict(stages["train"]), keys, {"method": method})
+    config = dataclasses.replace(stages["build-groups"], verify_version=verified["version"], model=student,
+                                 **dict(settings))
     config.validate()
+    return build_groups.run(config, run_dir, console)
+
+
+def train_config_for(stages: dict[str, Any], link: Link | str) -> TrainConfig:
+    """The train section with the link's method, that method's ``per_method`` keys and the link's own
+    settings applied, validated (one error line naming the entry for a bad value)."""
+    link = link if isinstance(link, Link) else parse_link(link, link)
+    keys = stages.get("per_method", {}).get(link.method, {})
+    config = cfg.build(TrainConfig, cfg.to_dict(stages["train"]), keys, dict(link.train), {"method": link.method})
+    try:
+        config.validate()
+    except GftError as e:
+        raise GftError(f"{link.text}: {e}" if link.train else str(e)) from None
     return config
 
 
 def train_chain(stages: dict[str, Any], run_dir: Path, entry: str, seed: int, groups: dict, teacher_version: str,
-                rounds: int, console: Console) -> tuple[Path, list[dict]]:
+                rounds: int, console: Console) -> tuple[Path, list[dict], TrainConfig]:
     """Train every link of ``entry`` (one method, or a chain), each from the previous link's model; the
-    final model folder and the concatenated per-step metrics (steps numbered on across links)."""
+    final model folder, the concatenated per-step metrics (steps numbered on across links) and the last
+    link's train config."""
     student = stages["sample-self"].model
     start, metrics = student, []
-    for method, online in chain(entry):
-        if online:
-            links = [train_method(stages, run_dir, method, seed, "", start, console, groups["inputs"]["verify"])]
+    for link in chain(entry):
+        if link.online:
+            links = [train_method(stages, run_dir, link, seed, "", start, console, groups["inputs"]["verify"])]
         else:
-            version = groups["version"] if start == student else \
-                make_groups(stages, run_dir, teacher_version, start, student, console)["version"]
-            links = [train_method(stages, run_dir, method, seed, version, start, console)]
-            for _ in range(1, rounds if REGISTRY[method].rounds else 1):  # --rounds: re-sample, retrain
-                regrouped = make_groups(stages, run_dir, teacher_version, str(links[-1][0]), student, console)
-                links.append(train_method(stages, run_dir, method, seed, regrouped["version"], str(links[-1][0]),
+            version = groups["version"] if start == student and not link.groups else \
+                make_groups(stages, run_dir, teacher_version, start, student, console, link.groups)["version"]
+            links = [train_method(stages, run_dir, link, seed, version, start, console)]
+            for _ in range(1, rounds if REGISTRY[link.method].rounds else 1):  # --rounds: re-sample, retrain
+                regrouped = make_groups(stages, run_dir, teacher_version, str(links[-1][0]), student, console,
+                                        link.groups)
+                links.append(train_method(stages, run_dir, link, seed, regrouped["version"], str(links[-1][0]),
                                           console))
         for model_dir, more in links:
             offset = metrics[-1]["step"] if metrics else 0
             metrics += [{**m, "step": m["step"] + offset} for m in more]
             start = str(model_dir)
-    return Path(start), metrics
+    return Path(start), metrics, train_config_for(stages, link)
 
 
-def train_method(stages: dict[str, Any], run_dir: Path, method: str, seed: int, groups_version: str, start: str,
+def train_method(stages: dict[str, Any], run_dir: Path, link: Link, seed: int, groups_version: str, start: str,
                  console: Console, verify_version: str = "") -> tuple[Path, list[dict]]:
-    """Train ``method`` from ``start`` on those groups (offline) or on-policy over that verify version (when
-    given); the model folder and its per-step metrics."""
+    """Train the link's method from ``start`` on those groups (offline) or on-policy over that verify version
+    (when given); the model folder and its per-step metrics."""
     from gftrepro import train
 
-    tcfg = dataclasses.replace(train_config_for(stages, method), seed=seed, build_groups_version=groups_version,
+    tcfg = dataclasses.replace(train_config_for(stages, link), seed=seed, build_groups_version=groups_version,
                                model=start, ref_model=stages["sample-self"].model,  # KL to the base student
                                online=bool(verify_version), verify_version=verify_version)
     manifest = train.run(tcfg, run_dir, console)
@@ -256,7 +275,7 @@ def train_method(stages: dict[str, Any], run_dir: Path, method: str, seed: int, 
     return model_dir, metric_lines(model_dir.parent / "metrics.jsonl")
 
 
-FORGETTING = ("testbed-probe", "mawps", "svamp", "mmlu_stem")  # probes of prior skills (paper Table 3)
+FORGETTING = PROBES  # probes of prior skills (paper Table 3)
 
 
 def summary_rows(results: dict[str, list[dict]], signal_share: float) -> list[dict]:
@@ -277,6 +296,11 @@ def summary_rows(results: dict[str, list[dict]], signal_share: float) -> list[di
             if "/" not in key:
                 row[key] = (float(np.mean(vals)), float(np.std(vals)) if len(vals) > 1 else None)
         row["per_seed"] = values
+        if all("folders" in r for r in runs):  # the eval samples, per seed: gft report resamples their problems
+            row.update(seed_ids=[r["seed"] for r in runs], n=[r["eval"]["n"] for r in runs],
+                       eval_folders=[r["folders"] for r in runs])
+        if runs and runs[0].get("tau") is not None:
+            row["tau"] = runs[0]["tau"]
         rows.append(row)
     return rows
 
@@ -303,7 +327,8 @@ def signal_of(entry: str, runs: list[dict], offline_share: float) -> float | Non
     last link of a chain decides)."""
     if entry == "base":
         return None
-    method, online = chain(entry)[-1]
+    last = chain(entry)[-1]
+    method, online = last.method, last.online
     if online:
         shares = [m["zero_variance_share"] for r in runs for m in r["train"] if "zero_variance_share" in m]
         return 1 - float(np.mean(shares)) if shares and not REGISTRY[method].reward_weighted else None

@@ -114,13 +114,15 @@ def plan_rows(run: Any, stages: dict[str, Any], run_dir: Path, a: Assumptions) -
     p = params_of(ss.model)
     for entry in run.methods:
         links = links_of(entry)
-        for method, online in links:
-            t = train_config_for(stages, method)
+        for link in links:
+            method, online, t = link.method, link.online, train_config_for(stages, link)
             if online:
                 rows.append(over_seeds(online_row(entry, method, t, stages, a, p), run.seeds))
-            else:
-                rows.append(over_seeds(offline_row(entry, method, t, stages, run_dir, done, a, p,
-                                                   single=len(links) == 1, seeds=run.seeds), run.seeds))
+            else:  # an entry's own build-groups settings (gft@ratio=2:6) make its own groups
+                own = {**stages, "build-groups": dataclasses.replace(g, **dict(link.groups))}
+                rows.append(over_seeds(offline_row(entry, method, t, own, run_dir, done, a, p,
+                                                   single=len(links) == 1 and not link.groups, seeds=run.seeds),
+                                       run.seeds))
             if not online and run.rounds > 1 and REGISTRY[method].rounds:
                 rows.append(over_seeds(rounds_row(rows[-1], method, run.rounds, ss, a, p, run.seeds), run.seeds))
     e = stages["eval"]

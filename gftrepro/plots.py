@@ -102,3 +102,40 @@ def training_plot(curves: dict[str, list[dict]], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7)
     save(plt, fig, path)
+
+
+VERDICT_COLOURS = {"reproduced": "tab:green", "contradicted": "tab:red", "inconclusive": "tab:orange"}
+
+
+def forest_plot(claims: list[dict], path: Path) -> None:
+    """Each measured comparison of ``gft report`` (``claims``: report.report_rows) as its difference with the
+    95% interval, coloured by verdict: accuracy differences in points (zero line, the non-inferiority margin's
+    line), KL and entropy differences in their own panel. Nothing measured: no file."""
+    rows = [(c, check) for c in claims for check in c.get("checks", [])]
+    panels = [p for p in (("accuracy", [r for r in rows if r[1]["metric"] not in ("kl_to_base", "entropy")]),
+                          ("KL / entropy", [r for r in rows if r[1]["metric"] in ("kl_to_base", "entropy")])) if p[1]]
+    if not panels:
+        path.unlink(missing_ok=True)
+        return
+    plt = pyplot()
+    heights = [len(p[1]) for p in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8.5, 1.2 + 0.42 * sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (title, items) in zip(axes.flat, panels, strict=True):
+        scale = 100 if title == "accuracy" else 1
+        for y, (_, check) in enumerate(reversed(items)):
+            colour = VERDICT_COLOURS.get(check["verdict"], "grey")
+            est, low, high = (scale * check[k] for k in ("estimate", "low", "high"))
+            ax.errorbar(est, y, xerr=[[est - low], [high - est]], fmt="o", color=colour, capsize=3, markersize=4)
+            if check["margin"]:
+                ax.plot([-scale * check["margin"]] * 2, [y - 0.4, y + 0.4], color="grey", linestyle=":", linewidth=1)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(items)))
+        ax.set_yticklabels([f"{claim['id']}: {check['label']} ({check['metric']})" for claim, check in reversed(items)],
+                           fontsize=7)
+        ax.set_xlabel("difference, points of accuracy (dotted: non-inferiority margin)" if scale == 100
+                      else "difference (nats)", fontsize=8)
+        ax.set_title(f"{title}: difference with 95% interval (green reproduced, red contradicted, orange "
+                     "inconclusive)", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    save(plt, fig, path)

@@ -12,74 +12,68 @@ from gftrepro.evalsets import load_benchmark, resolve_names
 from gftrepro.pipeline import summary_rows
 
 
-def row(model, seeds=3, **metrics):
-    return {"model": model, "seeds": seeds, **{k: list(v) for k, v in metrics.items()}}
+def row(model, **metrics):
+    """A hand-made summary row without eval samples: every seed's value per metric (seeds only)."""
+    seeds = len(next(iter(metrics.values())))
+    return {"model": model, "seeds": seeds, "per_seed": {k: list(v) for k, v in metrics.items()},
+            **{k: (sum(v) / len(v), None) for k, v in metrics.items()}}
 
 
 def by_id(rows):
     return {r["id"]: r for r in rows}
 
 
-def test_rule_above_needs_apart_intervals():
-    assert report.holds("above", (0.50, 0.01), (0.40, 0.02))
-    assert not report.holds("above", (0.50, 0.05), (0.40, 0.06))  # overlap: 0.45 vs 0.46
-    assert not report.holds("above", (0.40, 0.0), (0.50, 0.0))
+def three(mean, spread=0.01):
+    return [mean - spread, mean, mean + spread]
 
 
-def test_rule_not_below_fails_only_when_wholly_below():
-    assert report.holds("not below", (0.40, 0.06), (0.50, 0.05))  # overlapping
-    assert report.holds("not below", (0.60, 0.0), (0.50, 0.0))
-    assert not report.holds("not below", (0.40, 0.01), (0.50, 0.02))
-    with pytest.raises(ValueError):
-        report.holds("beside", (0, 0), (0, 0))
-
-
-def test_each_verdict_reachable_on_hand_made_numbers():
-    good = [row("base", probe=(0.80, 0.01), **{"pass@1": (0.30, 0.01), "pass@64": (0.90, 0.01)}),
-            row("sft", probe=(0.60, 0.01), entropy=(0.05, 0.001), kl_to_base=(0.20, 0.01),
-                **{"pass@1": (0.40, 0.01), "pass@64": (0.92, 0.01)}),
-            row("gft-online", probe=(0.79, 0.02), entropy=(0.09, 0.001), kl_to_base=(0.02, 0.01),
-                **{"pass@1": (0.45, 0.01), "pass@64": (0.95, 0.01)}),
-            row("grpo", probe=(0.81, 0.01), entropy=(0.04, 0.001), kl_to_base=(0.01, 0.01),
-                **{"pass@1": (0.46, 0.01), "pass@64": (0.93, 0.01)})]
+def test_without_eval_samples_the_interval_is_over_seeds_only():
+    good = [row("base", probe=three(0.80), **{"pass@1": three(0.30), "pass@64": three(0.90)}),
+            row("sft", probe=three(0.60), entropy=three(0.05, 0.001), kl_to_base=three(0.20),
+                **{"pass@1": three(0.40), "pass@64": three(0.92)}),
+            row("gft-online", probe=three(0.82), entropy=three(0.09, 0.001), kl_to_base=three(0.02),
+                **{"pass@1": three(0.45), "pass@64": three(0.95)}),
+            row("grpo", probe=three(0.81), entropy=three(0.04, 0.001), kl_to_base=three(0.01),
+                **{"pass@1": three(0.46), "pass@64": three(0.93)})]
     got = by_id(report.report_rows(good))
     for cid in ("pass1", "passk", "forget-sft", "forget-gft", "forget-grpo", "kl", "entropy"):
         assert got[cid]["verdict"] == report.REPRODUCED, cid
+    assert "no eval samples recorded: interval over seeds only" in got["pass1"]["notes"]
     assert "gft-online" in got["pass1"]["ours"] and "pass@64" in got["passk"]["ours"]  # online form, largest k
     for cid in ("no-dcr", "no-gal", "chain"):
         assert got[cid]["verdict"] == report.NOT_MEASURED and "needs" in got[cid]["ours"]
-    for cid in ("ratio", "tau"):
-        assert got[cid]["verdict"] == report.NOT_MEASURED and "a run per group composition" in got[cid]["ours"]
 
     bad = [dict(r) for r in good]
-    bad[2] = row("gft-online", probe=(0.50, 0.01), entropy=(0.01, 0.001), kl_to_base=(0.5, 0.01),
-                 **{"pass@1": (0.41, 0.02), "pass@64": (0.80, 0.01)})
+    bad[2] = row("gft-online", probe=three(0.50), entropy=three(0.01, 0.001), kl_to_base=three(0.5),
+                 **{"pass@1": three(0.35), "pass@64": three(0.80)})
     got = by_id(report.report_rows(bad))
     for cid in ("pass1", "passk", "forget-gft", "kl", "entropy"):
-        assert got[cid]["verdict"] == report.NOT_REPRODUCED, cid
+        assert got[cid]["verdict"] == report.CONTRADICTED, cid
+    one = [row(r["model"], **{k: v[:1] for k, v in r["per_seed"].items()}) for r in good]
+    assert {r["verdict"] for r in report.report_rows(one)} == {report.INCONCLUSIVE, report.NOT_MEASURED}
 
 
 def test_offline_gft_and_ablations_used_when_no_online_form():
-    rows = [row("sft", **{"pass@1": (0.40, 0.0)}), row("gft", **{"pass@1": (0.30, 0.0)}),
-            row("gft-no-dcr", seeds=1, **{"pass@1": (0.20, 0.0)}), row("gft-no-gal", **{"pass@1": (0.35, 0.0)})]
+    rows = [row("sft", **{"pass@1": three(0.40)}), row("gft", **{"pass@1": three(0.30)}),
+            row("gft-no-dcr", **{"pass@1": three(0.20)}), row("gft-no-gal", **{"pass@1": three(0.35)})]
     got = by_id(report.report_rows(rows))
-    assert got["pass1"]["verdict"] == report.NOT_REPRODUCED and "gft 30.0" in got["pass1"]["ours"]
-    assert got["no-dcr"]["verdict"] == report.REPRODUCED and got["no-dcr"]["seeds"] == 1
-    assert got["no-gal"]["verdict"] == report.NOT_REPRODUCED
+    assert got["pass1"]["verdict"] == report.CONTRADICTED and "gft - sft = -10.0" in got["pass1"]["ours"]
+    assert got["no-dcr"]["verdict"] == report.REPRODUCED and got["no-dcr"]["seeds"] == 3
+    assert got["no-gal"]["verdict"] == report.CONTRADICTED
 
 
 def test_baseline_claims_judge_asft_psft_and_no_mix_and_wait_for_pear():
-    rows = [row("gft-online", **{"pass@1": (0.45, 0.01)}), row("dft", **{"pass@1": (0.30, 0.01)}),
-            row("asft", **{"pass@1": (0.33, 0.01)}), row("psft", **{"pass@1": (0.31, 0.01)}),
-            row("gft-no-mix-online", **{"pass@1": (0.44, 0.01)}), row("sft:grpo", **{"pass@1": (0.40, 0.01)})]
+    rows = [row("gft-online", **{"pass@1": three(0.45)}), row("dft", **{"pass@1": three(0.30)}),
+            row("asft", **{"pass@1": three(0.33)}), row("psft", **{"pass@1": three(0.31)}),
+            row("gft-no-mix-online", **{"pass@1": three(0.46)}), row("sft:grpo", **{"pass@1": three(0.40)})]
     got = by_id(report.report_rows(rows))
-    assert got["baselines"]["verdict"] == report.REPRODUCED and "asft 33.0" in got["baselines"]["ours"]
+    assert got["baselines"]["verdict"] == report.REPRODUCED and "gft-online - asft = +12.0" in got["baselines"]["ours"]
     assert got["no-mix"]["verdict"] == report.REPRODUCED and "gft-no-mix-online" in got["no-mix"]["ours"]
     assert got["pear"]["verdict"] == report.NOT_MEASURED and "pear:grpo" in got["pear"]["ours"]
-    rows[2] = row("asft", **{"pass@1": (0.50, 0.01)})  # one baseline above GFT: the claim fails
-    rows[4] = row("gft-no-mix-online", **{"pass@1": (0.20, 0.01)})
+    rows[2] = row("asft", **{"pass@1": three(0.50)})  # one baseline above GFT: the claim is contradicted
+    rows[4] = row("gft-no-mix-online", **{"pass@1": three(0.20)})
     got = by_id(report.report_rows(rows))
-    assert got["baselines"]["verdict"] == got["no-mix"]["verdict"] == report.NOT_REPRODUCED
+    assert got["baselines"]["verdict"] == got["no-mix"]["verdict"] == report.CONTRADICTED
     assert report.report_rows(rows[:1])[1]["verdict"] == report.NOT_MEASURED  # no baselines in the run
 
 
@@ -107,7 +101,7 @@ def test_cli_report_writes_claims_and_refuses_bad_input(tmp_path):
     result = runner.invoke(app, ["report", "--run", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     claims = (summary / "claims.md").read_text()
-    assert "| SFT forgets: probe pass@1 below the base |" in claims and "**reproduced**" in claims
+    assert "| SFT forgets: probe pass@1 below the base |" in claims and "**inconclusive**" in claims  # 1 seed
     assert "**not measured**" in claims
 
 
@@ -128,7 +122,7 @@ def test_report_prints_its_claims_when_the_run_folder_is_read_only(tmp_path, mon
     result = CliRunner().invoke(app, ["report", "--run", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "could not write" in result.output and "Read-only file system" in result.output
-    assert "SFT forgets: probe pass@1 below the base" in result.output and "reproduced" in result.output
+    assert "SFT forgets: probe pass@1 below the base" in result.output and "inconclusive" in result.output
     assert not (summary / "claims.md").exists()
 
 

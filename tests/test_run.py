@@ -111,3 +111,26 @@ def test_run_output_fits_80_columns_and_60_lines(tmp_path, monkeypatch):
     assert "method: gft" not in out  # the resolved config is not dumped ...
     verbose = gft("-v", "run", "--config", str(config), "--run", str(tmp_path / "run"), check=True).stdout
     assert "logprob_chunk: 512" in verbose  # ... unless asked for
+
+
+@pytest.mark.slow
+def test_settings_are_entries_trained_evaluated_and_judged(tmp_path):
+    """Issue 27: ``gft-online@tau=0.3`` and ``gft@ratio=2:2`` (its own groups) are entries of one run, with
+    their own train versions, rows, and eval samples that gft report resamples per problem."""
+    config = tmp_path / "run.yaml"
+    config.write_text(SMALL.format(seeds=1).replace("methods: [sft, gft]", 'methods: [sft, gft, "gft@ratio=2:2", '
+                                                    '"sft:gft-online@tau=0.3"]')
+)
+    run = tmp_path / "run"
+    gft("run", "--config", str(config), "--run", str(run), check=True)
+    rows = {r["model"]: r for r in json.loads((run / "summary" / "summary.json").read_text())}
+    assert set(rows) == {"base", "sft", "gft", "gft@ratio=2:2", "sft:gft-online@tau=0.3"}
+    assert rows["sft:gft-online@tau=0.3"]["tau"] == 0.3 and rows["gft"]["tau"] == 0.7
+    trained = [json.loads(m.read_text())["config"] for m in run.glob("train/*/manifest.json")]
+    assert any(t["online"] and t["tau"] == 0.3 for t in trained)
+    groups = [json.loads(m.read_text())["config"] for m in run.glob("build-groups/*/manifest.json")]
+    assert sorted((g["n_expert"], g["n_teacher"], g["n_self"]) for g in groups) == [(1, 3, 4), (2, 0, 2)]
+    folder = run / rows["gft"]["eval_folders"][0]["testbed"]
+    assert folder.is_dir() and list(folder.glob("shard-p*.parquet"))
+    claims = (run / "summary" / "claims.md").read_text()
+    assert "1 x 8" in claims and (run / "summary" / "forest.png").exists()  # 1 seed x 8 held-out problems
