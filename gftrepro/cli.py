@@ -224,13 +224,16 @@ def run_all(
                                        "follow '@' (gft-online@tau=0.1) [default: 'sft,gft,gft-online,grpo']"),
     seeds: int | None = typer.Option(None, "--seeds", help="seeds per method [default: 1]"),
     rounds: int | None = typer.Option(None, "--rounds", help="gft: re-sample and retrain rounds [default: 1]"),
+    budget: str | None = typer.Option(None, "--budget", help="prompts (every method the same prompts and steps) or "
+                                      "trajectories (the paper's: as many sequences) [default: prompts]"),
 ) -> None:
     """Run every stage: sample, verify, build groups, train each method, evaluate, compare."""
 
     def body() -> None:
         from gftrepro import pipeline
 
-        overrides = {k: v for k, v in {"methods": methods, "seeds": seeds, "rounds": rounds}.items() if v is not None}
+        given = {"methods": methods, "seeds": seeds, "rounds": rounds, "budget": budget}
+        overrides = {k: v for k, v in given.items() if v is not None}
         pipeline.run(pipeline.run_config(config, overrides), pipeline.stage_configs(config), run)
 
     guarded(body)
@@ -264,7 +267,7 @@ def plan(
         from gftrepro import plan as planner
 
         run_cfg = pipeline.run_config(config, {})
-        stages = pipeline.with_behaviour(run_cfg, pipeline.stage_configs(config))
+        stages = pipeline.run_stages(run_cfg, pipeline.stage_configs(config))
         pipeline.seed_range(run_cfg, stages)
         a = planner.Assumptions(mean_new_tokens, mean_prompt_tokens, gen_tok_s, gpu_gb)
         notes = [planner.memory_note(stages["sample-self"].model, a, stages["train"]),

@@ -42,14 +42,11 @@ per method), ``passk.png`` (pass@k per method), printed as a table at the end.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
-from rich.table import Table
 
 from gftrepro import config as cfg
 from gftrepro.build_groups import BuildGroupsConfig
@@ -59,10 +56,9 @@ from gftrepro.engine.state import metric_lines
 from gftrepro.entries import RUN_METHODS, Link, chain, parse_link
 from gftrepro.errors import GftError
 from gftrepro.evaluate import EvalConfig
-from gftrepro.evidence import PROBES
 from gftrepro.methods import REGISTRY
 from gftrepro.sample import SELF_DEFAULTS, SampleConfig
-from gftrepro.store import atomic_write_bytes
+from gftrepro.summary import summary_rows, summary_tables, write_outputs
 from gftrepro.verify import VerifyConfig
 
 SECTIONS: dict[str, tuple[type, dict[str, Any]]] = {
@@ -73,7 +69,6 @@ SECTIONS: dict[str, tuple[type, dict[str, Any]]] = {
     "train": (TrainConfig, {"kl_every": 8}),
     "eval": (EvalConfig, {"pass_k": 32, "limit": 200, "batch_size": 256, "max_new_tokens": 64}),
 }
-REPORT_KS = (1, 4, 16, 32, 64, 128, 256)
 @dataclass(frozen=True)
 class RunConfig:
     methods: list[str] = opt(["sft", "gft", "gft-online", "grpo"], "methods to train and compare: offline (sft, "
@@ -86,6 +81,10 @@ class RunConfig:
                                "mix methods whose settings differ")
     rounds: int = opt(1, "gft / gft-no-dcr: re-sample self rollouts from the new checkpoint, rebuild groups and "
                          "train again, this many rounds in all (the bridge to on-policy training)")
+    budget: str = opt("prompts", "training budget across methods: prompts (every method the same prompts, epochs "
+                      "and steps; a group method trains K sequences a prompt, a single-trajectory one 1) or "
+                      "trajectories (the paper's rule: single-trajectory methods train as many sequences as a "
+                      "group method, their epochs or max_steps times K / sequences a prompt of their data)")
 
     def validate(self) -> None:
         if not self.methods:
@@ -101,6 +100,8 @@ class RunConfig:
                 raise GftError(f"per_method: '{method}' must be a train method ({', '.join(REGISTRY)}) mapping to "
                                "train keys")
             cfg.check_keys(TrainConfig, keys, f"per_method.{method}")
+        if self.budget not in BUDGETS:
+            raise GftError(f"budget must be one of {', '.join(BUDGETS)}, got '{self.budget}'")
         if self.seeds < 1 or self.rounds < 1:
             raise GftError("seeds and rounds must be at least 1")
         if self.seeds > MAX_SEEDS or self.rounds > MAX_SEEDS:
@@ -108,6 +109,7 @@ class RunConfig:
 
 
 MAX_SEEDS = 1000
+BUDGETS = ("prompts", "trajectories")
 
 
 def seed_range(config: RunConfig, stages: dict[str, Any]) -> range:
@@ -123,8 +125,8 @@ def read_run_file(path: Path | None) -> dict[str, Any]:
     data = cfg.read_yaml(path) if path is not None else {}
     unknown = [k for k in data if k not in SECTIONS and k not in [f.name for f in dataclasses.fields(RunConfig)]]
     if unknown:
-        raise GftError(f"unknown config key '{unknown[0]}' in {path} (run keys: methods, seeds, rounds, per_method; "
-                       f"stage sections: {', '.join(SECTIONS)})")
+        raise GftError(f"unknown config key '{unknown[0]}' in {path} (run keys: methods, seeds, rounds, per_method, "
+                       f"budget; stage sections: {', '.join(SECTIONS)})")
     return data
 
 
@@ -150,9 +152,11 @@ def run_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
     return config
 
 
-def with_behaviour(config: RunConfig, stages: dict[str, Any]) -> dict[str, Any]:
-    """The stages as this run needs them: a method trained on the teacher's log-probs (pear) has the
-    teacher sampled with ``logprobs`` (the samples are the same; the version records the log-probs)."""
+def run_stages(config: RunConfig, stages: dict[str, Any]) -> dict[str, Any]:
+    """The stages as this run needs them: the run's ``budget`` (read by ``train_config_for``), and a method
+    trained on the teacher's log-probs (pear) has the teacher sampled with ``logprobs`` (the samples are the
+    same; the version records the log-probs)."""
+    stages = {**stages, "budget": config.budget}
     needs = any(REGISTRY[link.method].behaviour for entry in config.methods for link in chain(entry))
     if needs and not stages["sample-teacher"].logprobs:
         return {**stages, "sample-teacher": dataclasses.replace(stages["sample-teacher"], logprobs=True)}
@@ -164,7 +168,7 @@ def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Conso
     from gftrepro.stage import BASELINES
 
     console = console or Console()
-    stages = with_behaviour(config, stages)
+    stages = run_stages(config, stages)
     BASELINES.update({name: stages[name] for name in SECTIONS})
     teacher = sample.run(stages["sample-teacher"], run_dir, "teacher", console)
     student = stages["sample-self"].model
@@ -227,12 +231,27 @@ def train_config_for(stages: dict[str, Any], link: Link | str) -> TrainConfig:
     settings applied, validated (one error line naming the entry for a bad value)."""
     link = link if isinstance(link, Link) else parse_link(link, link)
     keys = stages.get("per_method", {}).get(link.method, {})
-    config = cfg.build(TrainConfig, cfg.to_dict(stages["train"]), keys, dict(link.train), {"method": link.method})
+    config = cfg.build(TrainConfig, cfg.to_dict(stages["train"]), keys, {"method": link.method})
+    if stages.get("budget") == "trajectories" and not link.online:
+        config = cfg.build(TrainConfig, cfg.to_dict(config), equal_trajectories(config, stages))
+    config = cfg.build(TrainConfig, cfg.to_dict(config), dict(link.train))
     try:
         config.validate()
     except GftError as e:
         raise GftError(f"{link.text}: {e}" if link.train else str(e)) from None
     return config
+
+
+def equal_trajectories(config: TrainConfig, stages: dict[str, Any]) -> dict[str, int]:
+    """``budget: trajectories``: a single-trajectory method's epochs (or max_steps) times K / its data's
+    sequences a prompt (sft 1, sft-mix 1 + teacher n, teacher n), rounded, so it trains about as many
+    sequences as a group method over the same prompts (repeating its data: the miniature has no more)."""
+    data = REGISTRY[config.method].data
+    if data == "groups":
+        return {}
+    per_prompt = {"sft": 1, "sft-mix": 1 + stages["sample-teacher"].n, "teacher": stages["sample-teacher"].n}[data]
+    factor = max(1, round(stages["build-groups"].k / per_prompt))
+    return {"max_steps": config.max_steps * factor} if config.max_steps else {"epochs": config.epochs * factor}
 
 
 def train_chain(stages: dict[str, Any], run_dir: Path, entry: str, seed: int, groups: dict, teacher_version: str,
@@ -273,118 +292,3 @@ def train_method(stages: dict[str, Any], run_dir: Path, link: Link, seed: int, g
     manifest = train.run(tcfg, run_dir, console)
     model_dir = run_dir / "train" / manifest["version"] / "model"
     return model_dir, metric_lines(model_dir.parent / "metrics.jsonl")
-
-
-FORGETTING = PROBES  # probes of prior skills (paper Table 3)
-
-
-def summary_rows(results: dict[str, list[dict]], signal_share: float) -> list[dict]:
-    """Mean and spread over seeds of each reported metric, per model, and every seed's value.
-
-    Accuracy is on the eval's first benchmark (the held-out split of the training task); ``probe`` is
-    pass@1 averaged over the forgetting probes that were evaluated; ``<benchmark>/<metric>`` keeps every
-    benchmark's numbers (in ``per_seed`` only)."""
-    rows = []
-    for name, runs in results.items():
-        values: dict[str, list[float]] = {}
-        for r in runs:
-            for key, value in run_values(r).items():
-                values.setdefault(key, []).append(value)
-        row: dict[str, Any] = {"model": name, "seeds": len(runs),
-                               "groups_with_signal": signal_of(name, runs, signal_share)}
-        for key, vals in values.items():
-            if "/" not in key:
-                row[key] = (float(np.mean(vals)), float(np.std(vals)) if len(vals) > 1 else None)
-        row["per_seed"] = values
-        if all("folders" in r for r in runs):  # the eval samples, per seed: gft report resamples their problems
-            row.update(seed_ids=[r["seed"] for r in runs], n=[r["eval"]["n"] for r in runs],
-                       eval_folders=[r["folders"] for r in runs])
-        if runs and runs[0].get("tau") is not None:
-            row["tau"] = runs[0]["tau"]
-        rows.append(row)
-    return rows
-
-
-def run_values(r: dict) -> dict[str, float]:
-    """One seed's reported values: main benchmark accuracy, probe, last entropy and KL, every benchmark."""
-    benches = r["eval"]["benchmarks"]
-    main, n = benches[next(iter(benches))], r["eval"]["n"]
-    out = {f"avg@{n}": main[f"avg@{n}"], **{f"pass@{k}": main[f"pass@{k}"] for k in REPORT_KS if f"pass@{k}" in main}}
-    probes = [benches[b]["pass@1"] for b in FORGETTING if b in benches]
-    if probes:
-        out["probe"] = float(np.mean(probes))
-    if r["train"]:
-        out["entropy"] = r["train"][-1]["entropy"]
-        kls = [m["kl_ref"] for m in r["train"] if "kl_ref" in m]
-        if kls:
-            out["kl_to_base"] = kls[-1]
-    out.update({f"{b}/{k}": v for b, m in benches.items() for k, v in m.items() if k.startswith(("avg@", "pass@"))})
-    return out
-
-
-def signal_of(entry: str, runs: list[dict], offline_share: float) -> float | None:
-    """Share of groups with mixed rewards: the built groups' (offline) or the mean over on-policy steps (the
-    last link of a chain decides)."""
-    if entry == "base":
-        return None
-    last = chain(entry)[-1]
-    method, online = last.method, last.online
-    if online:
-        shares = [m["zero_variance_share"] for r in runs for m in r["train"] if "zero_variance_share" in m]
-        return 1 - float(np.mean(shares)) if shares and not REGISTRY[method].reward_weighted else None
-    return offline_share if REGISTRY[method].uses_advantage else None
-
-
-def cell(value: Any, percent: bool, sep: str = " ± ") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{100 * value:.1f}%" if percent else f"{value:.3f}"
-    mean, spread = value
-    scale = 100 if percent else 1
-    text = f"{scale * mean:.1f}" if percent else f"{mean:.4f}"
-    return text if spread is None else text + (f"{sep}{scale * spread:.1f}" if percent else f"{sep}{spread:.4f}")
-
-
-def columns(rows: list[dict]) -> list[tuple[str, bool]]:
-    keys = [k for k in rows[0] if k.startswith(("avg@", "pass@"))] + (["probe"] if "probe" in rows[0] else [])
-    return [(k, True) for k in keys] + [("entropy", False), ("kl_to_base", False), ("groups_with_signal", True)]
-
-
-def summary_tables(rows: list[dict], config: RunConfig) -> list[Table]:
-    """Accuracy, then training signals: two narrow tables (no cell is cut at 80 columns; avg@n equals
-    pass@1 and stays in summary.md)."""
-    from rich import box
-
-    cols = [c for c in columns(rows) if not c[0].startswith("avg@")]
-    main = [c for c in cols if c[0].startswith("pass@") or c[0] == "probe"]
-    groups = [(f"held-out accuracy (%), {config.seeds} seed(s), mean ± std", main, True),
-              ("training: entropy, KL to base, signal (last step)", [c for c in cols if c not in main], False)]
-    tables = []
-    for title, group, with_base in groups:
-        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1),
-                      min_width=len(title))
-        table.add_column("model", overflow="fold")
-        for key, _ in group:
-            table.add_column(key.replace("kl_to_base", "KL to base").replace("groups_with_signal", "signal"),
-                             justify="right", no_wrap=True)
-        for r in rows:
-            if r["model"] == "base" and not with_base:  # the untrained base has no training signals
-                continue
-            table.add_row(r["model"], *(cell(r.get(k), pct, "±") for k, pct in group))
-        tables.append(table)
-    return tables
-
-
-def write_outputs(folder: Path, rows: list[dict], results: dict, curves: dict, config: RunConfig) -> None:
-    from gftrepro.plots import passk_band_plot, training_plot
-
-    folder.mkdir(parents=True, exist_ok=True)
-    cols = columns(rows)
-    lines = ["| model | " + " | ".join(k for k, _ in cols) + " |", "|---|" + "---|" * len(cols)]
-    lines += ["| " + r["model"] + " | " + " | ".join(cell(r.get(k), p) for k, p in cols) + " |" for r in rows]
-    note = f"\nmethods {', '.join(config.methods)}; {config.seeds} seed(s); mean ± std over seeds.\n"
-    atomic_write_bytes(folder / "summary.md", ("\n".join(lines) + "\n" + note).encode())
-    atomic_write_bytes(folder / "summary.json", json.dumps(rows, indent=1).encode())
-    passk_band_plot(rows, list(next(iter(results.values()))[0]["eval"]["benchmarks"]), folder / "passk.png")
-    training_plot(curves, folder / "training.png")

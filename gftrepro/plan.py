@@ -7,7 +7,8 @@ estimates from stated assumptions (each overridable by a flag):
 - generated tokens = samples x ``--mean-new-tokens`` (default 600: an assumption for math
   chain-of-thought; ``gft eval``/sampling record the real ``completion_tokens`` after a first run);
 - trained tokens = training sequences x (``--mean-prompt-tokens`` + mean new tokens) x epochs, or
-  ``max_steps`` x ``batch_size`` sequences where the train config sets ``max_steps``;
+  ``max_steps`` x ``batch_size`` groups (K sequences each on group data) where the train config sets
+  ``max_steps``;
 - asft's reference forward and psft's old-policy log-probs (several updates a batch) add a no-grad forward
   each, about a third of a training step's compute; gft-no-mix trains GFT's groups less their teacher
   members;
@@ -164,13 +165,18 @@ def offline_row(entry: str, method: str, t: Any, stages: dict[str, Any], run_dir
         for seed in range(t.seed, t.seed + seeds):
             as_run = dataclasses.replace(t, method=method, build_groups_version=done["build-groups"], model=ss.model,
                                          seed=seed)
-            version = complete_with(run_dir, "train", as_run, {"build-groups": done["build-groups"]})
+            wanted = {"build-groups": done["build-groups"]}
+            if t.dataset == "groups":  # train.run's record of the step unit
+                wanted["batch_unit"] = "groups"
+            version = complete_with(run_dir, "train", as_run, wanted)
             trained += [version] if version else []
     m = methods.get(method)
     group = g.n_expert + g.n_self if m.no_teacher else g.k  # gft-no-mix: GFT's groups without the teacher
     sequences = ss.limit * {"groups": group, "sft": 1, "sft-mix": 1 + st.n, "teacher": st.n}[m.data]
-    steps = f", {t.max_steps:,} steps x {t.batch_size}" if t.max_steps else ""
-    seen = t.max_steps * t.batch_size if t.max_steps else sequences * t.epochs
+    per_group = group if m.data == "groups" else 1  # batch_size counts groups: K sequences each on group data
+    steps = f", {t.max_steps:,} steps x {t.batch_size}" + (f" groups of {group}" if per_group > 1 else "") \
+        if t.max_steps else ""
+    seen = t.max_steps * t.batch_size * per_group if t.max_steps else sequences * t.epochs
     tokens = seen * (a.mean_prompt_tokens + a.mean_new_tokens)
     # a no-grad forward is about a third of a training step's compute: asft's reference forward, psft's
     # old-policy log-probs (several updates a batch)

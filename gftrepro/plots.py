@@ -58,7 +58,7 @@ def passk_plot(by_model: dict[str, dict], path: Path) -> None:
 
 def passk_band_plot(rows: list[dict], benchmarks: list[str], path: Path) -> None:
     """Pass@k against k (log scale) per model: the mean over seeds with a band of ± one std, one panel per
-    benchmark. ``rows``: gftrepro.pipeline.summary_rows (their ``per_seed`` values)."""
+    benchmark. ``rows``: gftrepro.summary.summary_rows (their ``per_seed`` values)."""
     plt = pyplot()
     import numpy as np
 

@@ -102,7 +102,7 @@ def train_section(method: str, facts: ModelFacts) -> dict:
             "kl_every": 20}
     if single:
         return {**base, "lr": 5.0e-5, "batch_size": 256, "micro_batch_size": 4, "max_length": 2048, "tau": 0.7}
-    return {**base, "lr": 1.0e-6, "batch_size": 1024, "micro_batch_size": 4,
+    return {**base, "lr": 1.0e-6, "batch_size": 128, "micro_batch_size": 4,  # 128 groups: 1,024 sequences
             "max_length": min(3072, facts.context), "tau": 0.7}
 
 

@@ -80,7 +80,7 @@ def plan_of(tmp_path, edit=lambda text: text, name="edited.yaml"):
     path = tmp_path / name
     path.write_text(edit((REPO / "stages" / "paper" / "qwen2.5-math-1.5b" / "gft.yaml").read_text()))
     run = pipeline.run_config(path, {})
-    rows = planner.plan_rows(run, pipeline.with_behaviour(run, pipeline.stage_configs(path)), tmp_path / "run",
+    rows = planner.plan_rows(run, pipeline.run_stages(run, pipeline.stage_configs(path)), tmp_path / "run",
                              planner.Assumptions())
     return {r["stage"]: r for r in rows}
 
@@ -95,7 +95,8 @@ def test_plan_counts_seeds_eval_limit_and_offline_max_steps(tmp_path):
     limited = plan_of(tmp_path, lambda t: t.replace("  limit: 0\n  n: 16\n", "  limit: 10\n  n: 16\n"))
     assert limited["eval"]["samples"] == 11 * 10 * 16 * 2  # 11 benchmarks of at least 10 problems, base + gft
     short = plan_of(tmp_path, lambda t: t.replace("  epochs: 1\n", "  epochs: 1\n  max_steps: 5\n"))
-    assert short["train gft"]["tokens"] == 5 * 1024 * (200 + 600) and "5 steps x 1024" in short["train gft"]["work"]
+    assert short["train gft"]["tokens"] == 5 * 128 * 8 * (200 + 600)  # 128 groups of K = 8 a step
+    assert "5 steps x 128 groups of 8" in short["train gft"]["work"]
     assert short["train gft"]["tokens"] < one["train gft"]["tokens"]
 
 

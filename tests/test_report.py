@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from gftrepro import report
 from gftrepro.cli import app
 from gftrepro.evalsets import load_benchmark, resolve_names
-from gftrepro.pipeline import summary_rows
+from gftrepro.summary import summary_rows
 
 
 def row(model, **metrics):

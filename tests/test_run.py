@@ -1,5 +1,6 @@
 """gft run: the whole chain through the CLI on a small config, a second run doing no work, seeds."""
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -134,3 +135,29 @@ def test_settings_are_entries_trained_evaluated_and_judged(tmp_path):
     assert folder.is_dir() and list(folder.glob("shard-p*.parquet"))
     claims = (run / "summary" / "claims.md").read_text()
     assert "1 x 8" in claims and (run / "summary" / "forest.png").exists()  # 1 seed x 8 held-out problems
+
+
+def test_budget_is_a_run_setting_prompts_or_trajectories():
+    """Issue 28: ``budget: prompts`` (the default) trains every method the same epochs over the same prompts;
+    ``trajectories`` (the paper's rule) gives single-trajectory methods K / (sequences a prompt) times the
+    epochs or max_steps; on-policy and group methods and an entry's own settings are untouched."""
+    from gftrepro import pipeline
+    from gftrepro.errors import GftError
+
+    def epochs(budget, entry, **train):
+        run = pipeline.RunConfig(methods=[entry], budget=budget)
+        run.validate()
+        stages = pipeline.stage_configs(None)
+        if train:
+            stages["train"] = dataclasses.replace(stages["train"], **train)
+        t = pipeline.train_config_for(pipeline.run_stages(run, stages), pipeline.chain(entry)[0])
+        return t.epochs, t.max_steps
+
+    assert epochs("prompts", "sft") == epochs("prompts", "gft") == (6, 0)
+    assert epochs("trajectories", "sft") == (48, 0)  # K = 8 sequences a group, 1 expert solution a prompt
+    assert epochs("trajectories", "sft-mix") == (12, 0)  # 1 expert + 3 teacher samples a prompt
+    assert epochs("trajectories", "sft", max_steps=10) == (6, 80)
+    assert epochs("trajectories", "gft") == epochs("trajectories", "gft-online") == (6, 0)
+    assert epochs("trajectories", "sft@epochs=2") == (2, 0)  # an entry's own setting wins
+    with pytest.raises(GftError, match="budget must be one of prompts, trajectories"):
+        pipeline.RunConfig(budget="tokens").validate()

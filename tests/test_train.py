@@ -350,3 +350,19 @@ def test_a_tampered_packed_optimizer_state_is_refused(tmp_path):
     save_file({"0.exp_avg#codes": torch.zeros(4, dtype=torch.uint8)}, str(tmp_path / "optimizer.safetensors"))
     with pytest.raises(ValueError, match="unknown packed optimizer state 'os.system'"):
         checkpoint.load_optimizer(tmp_path)
+
+
+def test_offline_batch_counts_groups_as_on_policy_counts_prompts():
+    """Issue 28: batch_size is groups a step (K sequences each on group data), whole groups, every group once
+    an epoch; a single-trajectory row is a group of one, so there the batch is sequences as before."""
+    from gftrepro.engine.batches import Example, step_batches
+
+    grouped = [Example([1, 2, 3], 1, 0.5, "self", g) for g in range(5) for _ in range(4)]  # 5 groups of K = 4
+    steps = step_batches(grouped, 2, 2, seed=0, world=1)
+    assert [len(s) for s in steps] == [8, 8, 4] * 2  # 2 groups of 4 a step, 3 steps an epoch
+    for s in steps:
+        groups = [grouped[i].group for i in s]
+        assert all(groups.count(g) == 4 for g in set(groups))  # groups stay whole
+    assert sorted(grouped[i].group for s in steps[:3] for i in s) == sorted(e.group for e in grouped)
+    single = [Example([1, 2], 1, 1.0, "expert", i) for i in range(10)]
+    assert [len(s) for s in step_batches(single, 4, 1, seed=0, world=1)] == [4, 4, 2]

@@ -70,7 +70,12 @@ def tokenize(rows: list[dict], tokenizer, max_length: int, truncation: str, beha
 
 
 def step_batches(examples: list[Example], batch_size: int, epochs: int, seed: int, world: int) -> list[list[int]]:
-    """Example indices of every optimizer step: groups shuffled per epoch, kept together, then cut."""
+    """Example indices of every optimizer step: groups shuffled per epoch, ``batch_size`` groups a step.
+
+    The batch counts groups (prompts), as on-policy training's ``prompts_per_step`` does: offline GFT
+    with batch 16 and K = 8 trains 128 sequences a step, the same steps over the same groups as
+    on-policy GFT. A single-trajectory row (sft, dft, ...) is a group of one, so there a group is a
+    sequence."""
     by_group: dict[int, list[int]] = {}
     for i, e in enumerate(examples):
         by_group.setdefault(e.group, []).append(i)
@@ -78,8 +83,8 @@ def step_batches(examples: list[Example], batch_size: int, epochs: int, seed: in
     for epoch in range(epochs):
         groups = sorted(by_group)
         random.Random(seed * 1_000_003 + epoch).shuffle(groups)
-        order = [i for g in groups for i in by_group[g]]
-        steps.extend(order[k : k + batch_size] for k in range(0, len(order), batch_size))
+        steps.extend([i for g in groups[k : k + batch_size] for i in by_group[g]]
+                     for k in range(0, len(groups), batch_size))
     return [s for s in steps if len(s) >= world]  # every process needs at least one sequence
 
 

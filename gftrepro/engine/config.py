@@ -41,7 +41,8 @@ class TrainConfig:
     grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
     epochs: int = opt(6, "passes over the data (ignored when max_steps > 0)")
     max_steps: int = opt(0, "optimizer steps (0 = epochs x steps per epoch)")
-    batch_size: int = opt(16, "sequences per optimizer step, all processes together")
+    batch_size: int = opt(16, "groups (prompts) per optimizer step, all processes together: K sequences each on "
+                              "group data, one sequence each on single-trajectory data (sft, dft, ...)")
     micro_batch_size: int = opt(8, "sequences per forward/backward on one process", versioned=False)
     max_length: int = opt(512, "prompt + response tokens per sequence")
     truncation: str = opt("keep", "over-long responses: keep (truncate, no EOS) or drop")
