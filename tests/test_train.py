@@ -366,3 +366,21 @@ def test_offline_batch_counts_groups_as_on_policy_counts_prompts():
     assert sorted(grouped[i].group for s in steps[:3] for i in s) == sorted(e.group for e in grouped)
     single = [Example([1, 2], 1, 1.0, "expert", i) for i in range(10)]
     assert [len(s) for s in step_batches(single, 4, 1, seed=0, world=1)] == [4, 4, 2]
+
+
+def test_model_folder_has_a_model_card_listed_in_the_manifest(grouped_run, tmp_path):
+    """Issue 29: README.md beside the weights: front matter, method and formula, data with a fingerprint of
+    the files read, steps and tokens, the last step's metrics, the resolved config; hashed in the manifest."""
+    run = copy_run(grouped_run, tmp_path / "run")
+    gft("train", "--run", str(run), "--method", "gft", "--max-steps", "1", "--batch-size", "2", check=True)
+    version = next(v for v in (run / "train").iterdir() if (v / "manifest.json").exists())
+    text = (version / "model" / "README.md").read_text()
+    assert text.startswith("---\nlibrary_name: transformers\nbase_model: \"testbed:student\"")
+    assert "sg(p) if p < tau else 1" in text and "groups of build-groups" in text
+    assert "fingerprint" in text and "1 optimizer steps" in text and "| loss |" in text and "tau: 0.7" in text
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert "model/README.md" in [f["name"] for f in manifest["files"]]
+    from gftrepro.modelcard import fingerprint
+
+    bg = json.loads((version / "config.json").read_text())["inputs"]["build-groups"]
+    assert fingerprint(run, "build-groups", bg, None) in text

@@ -21,10 +21,17 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from gftrepro import config as cfg
-from gftrepro import fsdp, methods, store
+from gftrepro import fsdp, methods, modelcard, store
 from gftrepro.engine.batches import Example, collate
 from gftrepro.engine.config import TrainConfig
-from gftrepro.engine.state import last_metric, resume_step, save_checkpoint, summary_line, truncate_metrics
+from gftrepro.engine.state import (
+    last_metric,
+    metric_lines,
+    resume_step,
+    save_checkpoint,
+    summary_line,
+    truncate_metrics,
+)
 from gftrepro.engine.step import STAT_KEYS, backward_step, step_metrics
 from gftrepro.errors import GftError
 from gftrepro.logprobs import Policy, token_kl
@@ -250,6 +257,9 @@ class Trainer:
                    "final_loss": last_metric(self.metrics_path, "loss"),
                    "train_seconds_this_run": time.perf_counter() - self.started, "method": self.config.method,
                    **summary}
+        if self.main:  # the model card, listed in the manifest with the weights
+            modelcard.write(self.vdir.path / "model" / "README.md", self.config, self.vdir, summary,
+                            metric_lines(self.metrics_path))
         model_files = sorted(p for p in (self.vdir.path / "model").rglob("*") if p.is_file())
         manifest = store.finalize(self.vdir, 0, {"summary": summary}, model_files) if self.main else \
             {"summary": summary}
