@@ -5,9 +5,11 @@ the public Qwen2.5-Math-style evaluation suites. Without a folder, the copies sh
 ``data/benchmarks/`` are read (every paper benchmark except TabMWP, whose file no public copy
 had; sources and licences in data/benchmarks/README.md); then a benchmark with a known hub source
 is loaded with ``datasets``; one without is an error that says to pass ``--benchmark-dir``. ``testbed`` is the bundled
-held-out split, ``testbed-probe`` the bundled out-of-domain probe (a skill the embedded student
-learned in pretraining and the fine-tuning data never shows: the miniature of the paper's
-forgetting benchmarks). ``paper`` names the GFT paper's 11 benchmarks (its Tables 1-3).
+held-out split (300 problems; ``testbed-heldout``: 1,000 more), ``testbed-probe-hard`` the bundled
+out-of-domain probe the default evaluates (a skill the embedded student learned in pretraining and
+the fine-tuning data never shows, the largest of ten numbers, where the base scores about 72%: the
+miniature of the paper's forgetting benchmarks); ``testbed-probe`` is its easy form (three or four
+numbers, 99.9%). ``paper`` names the GFT paper's 11 benchmarks (its Tables 1-3).
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ def field(*names: str) -> Callable[[dict], str]:
 REGISTRY: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("testbed", "testbed", field("problem"), field("answer"), bundled="test"),
     Benchmark("testbed-probe", "testbed", field("problem"), field("answer"), bundled="probe"),
+    Benchmark("testbed-probe-hard", "testbed", field("problem"), field("answer"), bundled="probe-hard"),
+    Benchmark("testbed-heldout", "testbed", field("problem"), field("answer"), bundled="heldout"),
     Benchmark("math500", "math_oai", field("problem"), lambda r: strip_dollars(str(r["answer"])),
               hub=("HuggingFaceH4/MATH-500", None, "test")),
     Benchmark("minerva_math", "minerva_math", field("problem"), minerva_gold),

@@ -70,7 +70,7 @@ class EvalConfig(GenerationOptions):
     """Generation settings (``GenerationOptions``) plus what to evaluate."""
 
     model: str = opt("testbed:student", "model: testbed:<name>, a local folder (a gft train model), or a hub id")
-    benchmarks: list[str] = opt(["testbed", "testbed-probe"], "benchmark names (the first is the main one), or "
+    benchmarks: list[str] = opt(["testbed", "testbed-probe-hard"], "benchmark names (the first is the main one), or "
                                 "'paper' for the paper's 11", versioned=False)
     benchmark_dir: str = opt("", "folder with <benchmark>/test.jsonl copies ('' = data/benchmarks, then the hub)",
                              versioned=False)

@@ -18,7 +18,7 @@ from gftrepro import stats
 from gftrepro.stats import MARGIN, NOT_MEASURED, Interval
 
 SEED_METRICS = ("kl_to_base", "entropy")  # one number per training run: seeds only
-PROBES = ("testbed-probe", "mawps", "svamp", "mmlu_stem")  # probes of prior skills (paper Table 3)
+PROBES = ("testbed-probe", "testbed-probe-hard", "mawps", "svamp", "mmlu_stem")  # prior skills (paper Table 3)
 
 
 @dataclass(frozen=True)

@@ -221,7 +221,8 @@ def online_row(entry: str, method: str, t: Any, stages: dict[str, Any], a: Assum
 # problems per benchmark (the shared copies' counts; TabMWP: the 1,000-problem test subset, assumed)
 BENCH_SIZES = {"math500": 500, "minerva_math": 272, "olympiadbench": 675, "aime24": 30, "aime25": 30, "amc23": 40,
                "college_math": 2818, "gaokao2023en": 383, "tabmwp": 1000, "sat_math": 32, "mmlu_stem": 3018,
-               "mawps": 2065, "svamp": 1000, "gsm8k": 1319, "testbed": 300, "testbed-probe": 300}
+               "mawps": 2065, "svamp": 1000, "gsm8k": 1319, "testbed": 300, "testbed-probe": 300,
+               "testbed-probe-hard": 500, "testbed-heldout": 1000}
 
 
 # optimizer-state bytes per parameter of torchao's AdamW8bit (8-bit moments, fp32 block scales; tensors under

@@ -44,7 +44,8 @@ def test_reader_parses_the_copy_shipped_in_the_repo(name):
 
 
 def test_unknown_benchmark_lists_the_known_ones_and_missing_files_say_where():
-    with pytest.raises(GftError, match=r"unknown benchmark 'math5000' \(known: testbed, testbed-probe, math500"):
+    known = r"\(known: testbed, testbed-probe, testbed-probe-hard, testbed-heldout, math500"
+    with pytest.raises(GftError, match=r"unknown benchmark 'math5000' " + known):
         resolve_names(["math5000"])
     assert len(resolve_names(["paper"])) == 11
     with pytest.raises(GftError, match="file not found"):

@@ -33,7 +33,9 @@ def test_bundled_answers_are_right_and_splits_disjoint():
         for b in texts:
             assert a == b or not texts[a] & texts[b], (a, b)  # no problem in two splits
     assert {r["kind"] for r in data["train"] + data["test"]} == {"arith-2step"}
-    assert {r["kind"] for r in data["probe"]} == {"largest"}
+    assert {r["kind"] for r in data["probe"] + data["probe-hard"]} == {"largest"}
+    assert {r["kind"] for r in data["heldout"]} == {"arith-2step"} and len(data["heldout"]) == 1000
+    assert all(len(r["problem"].split(", ")) == 10 for r in data["probe-hard"])
     kinds = [r["kind"] for r in data["pretrain"]]
     assert kinds.count("largest") > 10 * kinds.count("arith-2step")  # few of the task
 
@@ -133,6 +135,16 @@ def test_trained_teacher_is_stronger_than_the_student(teacher_path, student_path
     problems = task.generate()["test"][:60]  # held out: never trained on
     teacher, student = greedy_accuracy(teacher_path, problems), greedy_accuracy(student_path, problems)
     assert teacher >= TEACHER_MIN and student <= STUDENT_MAX and teacher > student, (teacher, student)
+
+
+def test_committed_splits_are_what_the_generator_writes():
+    """heldout and probe-hard were appended after the other splits: regenerating leaves every committed file
+    as it is (the embedded models were trained on pretrain and train)."""
+    from gftrepro.problems import BUNDLED
+
+    for split, rows in task.generate().items():
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        assert (BUNDLED["testbed"] / f"{split}.jsonl").read_text(encoding="utf-8") == text, split
 
 
 def test_student_knows_the_probe_skill(student_path):

@@ -9,6 +9,14 @@ Three skills, split so that fine-tuning has something to teach and something to 
 - **facts** (one step ``a op b``, one operand 1-9 and the other -8..18): every step of a task solution
   is one of them.
 - the **probe** (``probe`` split): "Which number is the largest: 37, 52, 18?", answered in one line.
+  The base student scores 99.9% on it, so it cannot show forgetting; ``probe-hard`` asks the same
+  question of ten numbers (the pretraining mix has three or four), on which the base scores about
+  72% pass@1: a probe that can move (issue 28, chosen on the base model alone).
+- ``heldout``: 1,000 more problems of the task, disjoint from every other split, for evaluations
+  whose paired pass@1 intervals must be at most about 1.5 points wide on each side (``test`` has 300).
+
+``heldout`` and ``probe-hard`` are drawn after the others, so adding them left every earlier split
+byte-identical (the embedded models were trained on ``pretrain`` and ``train``).
 
 ``pretrain`` is the embedded student's broad pretraining mix (PRETRAIN_MIX): mostly facts and probe
 questions, few task problems. So the student knows every step and the probe skill, but has rarely
@@ -31,7 +39,8 @@ from pathlib import Path
 OPS = ("+", "-", "*")
 TASK_OPS = ("+", "-")  # the bundled task: addition and subtraction
 PRECEDENCE = {"+": 1, "-": 1, "*": 2}
-SPLITS = {"test": 300, "probe": 300, "train": 2000, "pretrain": 8000}
+SPLITS = {"test": 300, "probe": 300, "train": 2000, "pretrain": 8000, "heldout": 1000, "probe-hard": 500}
+HARD_PROBE_NUMBERS = 10
 PRETRAIN_MIX = {"largest": 0.45, "arith-1step": 0.50, "fine-tune": 0.05}
 SEED = 20261123
 
@@ -167,9 +176,9 @@ def fact(rng: random.Random) -> dict[str, str]:
             "kind": "arith-1step"}
 
 
-def largest(rng: random.Random) -> dict[str, str]:
-    """The probe skill: pick the largest of 3-4 two-digit numbers, answered in one line."""
-    numbers = rng.sample(range(10, 100), rng.randint(3, 4))
+def largest(rng: random.Random, count: int | None = None) -> dict[str, str]:
+    """The probe skill: pick the largest of 3-4 (or ``count``) two-digit numbers, answered in one line."""
+    numbers = rng.sample(range(10, 100), count or rng.randint(3, 4))
     best = max(numbers)
     return {"problem": f"Which number is the largest: {', '.join(map(str, numbers))}?",
             "solution": f"The largest is {best}.\nThe answer is \\boxed{{{best}}}.", "answer": str(best),
@@ -188,7 +197,12 @@ def pretrain_problem(rng: random.Random) -> dict[str, str]:
     return largest(rng) if kind == "largest" else fact(rng) if kind == "arith-1step" else fine_tune_problem(rng)
 
 
-MAKERS = {"train": fine_tune_problem, "test": fine_tune_problem, "probe": largest, "pretrain": pretrain_problem}
+def hard_probe(rng: random.Random) -> dict[str, str]:
+    return largest(rng, HARD_PROBE_NUMBERS)
+
+
+MAKERS = {"train": fine_tune_problem, "test": fine_tune_problem, "probe": largest, "pretrain": pretrain_problem,
+          "heldout": fine_tune_problem, "probe-hard": hard_probe}
 
 
 def generate(seed: int = SEED, splits: dict[str, int] = SPLITS) -> dict[str, list[dict[str, str]]]:
