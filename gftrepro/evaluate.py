@@ -83,12 +83,18 @@ class EvalConfig(GenerationOptions):
     timeout: float = opt(5.0, "seconds per verdict before its worker is killed", versioned=False)
     compare: list[str] = opt([], "compare finished evaluations (eval folders) instead of evaluating",
                              versioned=False)
+    report_to: list[str] = opt([], "experiment trackers for the final metrics and plot: tensorboard, mlflow, wandb, "
+                               "trackio (optional extras; local and offline by default)", versioned=False)
 
     @property
     def samples(self) -> int:
         return self.n or self.pass_k
 
     def validate(self) -> None:
+        if self.report_to:
+            from gftrepro.trackers import names_of
+
+            names_of(self.report_to)
         self.validate_generation()
         if self.compare:
             return
@@ -275,6 +281,15 @@ def write_metrics(config: EvalConfig, vdir: store.VersionDir, benches: list[Benc
                        and not p.name.startswith("."))
         manifest = write_reports(vdir, metrics, config.model, seconds, files)
         done_line(console, summary_line(metrics))
+    if config.report_to:
+        from gftrepro.trackers import Trackers, names_of
+
+        flat = {f"{b}/{k}": v for b, m in metrics["benchmarks"].items() for k, v in m.items()
+                if k.startswith(("pass@", "avg@", "maj@"))}
+        trackers = Trackers(names_of(config.report_to), vdir.path, vdir.path.parents[1],
+                            f"eval {vdir.version} {config.model}", {"model": config.model, "n": n})
+        trackers.final(flat, {"passk": vdir.path / f"passk-n{n}.png"})
+        trackers.close()
     if show_table:
         console.print(metrics_table(metrics, f"eval {vdir.version}: {config.model}", console.width))
     return manifest

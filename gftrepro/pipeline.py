@@ -81,6 +81,9 @@ class RunConfig:
                                "mix methods whose settings differ")
     rounds: int = opt(1, "gft / gft-no-dcr: re-sample self rollouts from the new checkpoint, rebuild groups and "
                          "train again, this many rounds in all (the bridge to on-policy training)")
+    report_to: list[str] = opt([], "experiment trackers for every training's steps, every eval's results and the "
+                               "run's summary: tensorboard, mlflow, wandb, trackio (optional extras; local and "
+                               "offline by default)", versioned=False)
     budget: str = opt("prompts", "training budget across methods: prompts (every method the same prompts, epochs "
                       "and steps; a group method trains K sequences a prompt, a single-trajectory one 1) or "
                       "trajectories (the paper's rule: single-trajectory methods train as many sequences as a "
@@ -157,6 +160,11 @@ def run_stages(config: RunConfig, stages: dict[str, Any]) -> dict[str, Any]:
     trained on the teacher's log-probs (pear) has the teacher sampled with ``logprobs`` (the samples are the
     same; the version records the log-probs)."""
     stages = {**stages, "budget": config.budget}
+    if config.report_to:  # every training and evaluation of the run reports too
+        from gftrepro.trackers import names_of
+
+        names_of(config.report_to)
+        stages |= {s: dataclasses.replace(stages[s], report_to=config.report_to) for s in ("train", "eval")}
     needs = any(REGISTRY[link.method].behaviour for entry in config.methods for link in chain(entry))
     if needs and not stages["sample-teacher"].logprobs:
         return {**stages, "sample-teacher": dataclasses.replace(stages["sample-teacher"], logprobs=True)}
@@ -199,7 +207,17 @@ def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Conso
         console.print(table)
     from gftrepro import report
 
-    return {"rows": rows, "claims": report.report(run_dir, console, brief=True)}
+    claims = report.report(run_dir, console, brief=True)
+    if config.report_to:
+        from gftrepro.trackers import Trackers, names_of
+
+        folder = run_dir / "summary"
+        flat = {f"{r['model']}/{k}": v[0] for r in rows for k, v in r.items() if isinstance(v, tuple | list)
+                and len(v) == 2 and isinstance(v[0], float) and k != "per_seed"}
+        trackers = Trackers(names_of(config.report_to), folder, run_dir, "run summary", dataclasses.asdict(config))
+        trackers.final(flat, {n: folder / f"{n}.png" for n in ("passk", "training", "forest")})
+        trackers.close()
+    return {"rows": rows, "claims": claims}
 
 
 def eval_folders(manifest: dict, limit: int) -> dict[str, str]:

@@ -62,6 +62,8 @@ class TrainConfig:
     logprob_chunk: int = opt(512, "tokens per chunk of the LM-head log-softmax", versioned=False)
     fused_loss: bool = opt(True, "make the loss's gradient in the LM head's own pass (same numbers, faster); "
                                  "--no-fused-loss: log-probs first, then the loss", versioned=False)
+    report_to: list[str] = opt([], "experiment trackers, comma-separated: tensorboard, mlflow, wandb, trackio (each an "
+                               "optional extra; local and offline by default)", versioned=False)
     save_every: int = opt(50, "write a resumable checkpoint every N steps (0 = only at the end)", versioned=False)
     kl_every: int = opt(0, "every N steps, KL(pi_theta || pi_ref) over the step's tokens (0 = off)", versioned=False)
     ref_model: str = opt("", "reference model for the KL ('' = the starting model)", versioned=False)
@@ -98,6 +100,10 @@ class TrainConfig:
     verify_timeout: float = opt(5.0, "online: wall-clock seconds per answer before its worker is killed")
 
     def validate(self) -> None:
+        if self.report_to:
+            from gftrepro.trackers import names_of
+
+            names_of(self.report_to)
         checks = [
             (self.method in METHODS, f"unknown method '{self.method}' (known: {', '.join(METHODS)})"),
             (math.isfinite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}"),

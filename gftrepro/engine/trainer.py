@@ -37,6 +37,7 @@ from gftrepro.errors import GftError
 from gftrepro.logprobs import Policy, token_kl
 from gftrepro.models import ModelRef, first_line, resolve_model
 from gftrepro.stage import done_line, writing
+from gftrepro.trackers import Trackers, names_of
 
 
 def bf16(config: TrainConfig) -> bool:
@@ -151,6 +152,10 @@ class Trainer:
         self.metrics_path = vdir.path / "metrics.jsonl"
         if self.main:
             truncate_metrics(self.metrics_path, self.start)
+        self.trackers = Trackers(names_of(config.report_to) if self.main else [], vdir.path, vdir.path.parents[1],
+                                 f"train {vdir.version} {config.method}", cfg.to_dict(config), self.start)
+        for m in metric_lines(self.metrics_path) if self.start else []:  # steps done before a kill, not yet sent
+            self.trackers.add(m)
         self.anchored = methods.get(config.method).anchor  # asft: the KL anchor to the starting model
         needs_ref = config.kl_every or config.kl_coef or self.anchored
         ref_path = resolve_model(config.ref_model).path if config.ref_model else model.path
@@ -226,6 +231,7 @@ class Trainer:
         if self.main:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(m) + "\n")
+            self.trackers.add(m)
         return m
 
     def checkpoint(self, step: int) -> None:
@@ -233,6 +239,7 @@ class Trainer:
         done = step + 1
         if self.config.save_every and done % self.config.save_every == 0 and done < self.total_steps:
             save_checkpoint(self, done)
+            self.trackers.flush()  # the steps up to a checkpoint are safe: a resumed run never sends them again
 
     def progress(self) -> Progress:
         return Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
@@ -265,6 +272,7 @@ class Trainer:
             {"summary": summary}
         if self.main:
             shutil.rmtree(self.vdir.path / "checkpoint", ignore_errors=True)
+            self.trackers.close()
             done_line(self.console, summary_line(manifest))
         acc.wait_for_everyone()
         return manifest
