@@ -42,7 +42,7 @@ class Link:
 
     ``train``: train keys over the run's train section and ``per_method``; ``groups``: build-groups keys of
     an offline group method (its groups are rebuilt with them). ``ratio=D:S`` is the paper's Table 5
-    N_demo:N_sample: D expert slots (filled as build-groups fills them), no teacher slot, S self samples."""
+    N_demo:N_sample: one expert slot and D - 1 teacher samples (``ratio_group``), S self samples."""
 
     text: str
     method: str
@@ -53,6 +53,13 @@ class Link:
     @property
     def settings(self) -> dict[str, Any]:
         return dict(self.train) | dict(self.groups)
+
+
+def ratio_group(demo: int, sample: int) -> tuple[int, int, int]:
+    """Table 5's N_demo:N_sample as expert:teacher:self. The paper's demonstrations are the expert solution
+    and the teacher distillations ("y_demo"), so its main group 1:3:4 is 4:4: one expert slot, the other
+    demonstrations teacher samples, N_sample self samples (0:8 has neither expert nor teacher)."""
+    return min(demo, 1), max(demo - 1, 0), sample
 
 
 def split_entry(entry: str) -> list[str]:
@@ -87,11 +94,11 @@ def parse_link(text: str, entry: str) -> Link:
                     method == "grpo":
                 raise GftError(f"setting '{setting}' in '{entry}': ratio is N_demo:N_sample of a group method "
                                "(gft@ratio=2:6, gft-online@ratio=2:6)")
-            d, k = int(demo), int(own)
+            expert, teacher, k = ratio_group(int(demo), int(own))
             if grouped:
-                groups.update(n_expert=d, n_teacher=0, n_self=k)
+                groups.update(n_expert=expert, n_teacher=teacher, n_self=k)
             else:
-                train.update(n_expert=d, n_teacher=0, self_k=k)
+                train.update(n_expert=expert, n_teacher=teacher, self_k=k)
             continue
         if grouped and key in GROUP_KEYS:
             groups[key] = setting_value(BuildGroupsConfig, key, value, entry)

@@ -270,10 +270,10 @@ def one_step(trainer: Trainer, sampler: Any, scorer: Scorer, params: SamplingPar
     mine = step_prompts[first :: trainer.world]
     gids = [step * config.prompts_per_step + i for i in range(first, len(step_prompts), trainer.world)]
     requests = [Request(p.ids, rollout_seed(config.seed, step, p.pid, j)) for p in mine for j in range(k)]
-    samples = sampler.generate(requests, params, lambda *_: None)
+    samples = sampler.generate(requests, params, lambda *_: None) if requests else []  # 8:0 samples nothing
     t1 = time.perf_counter()
     verdicts = scorer.score_all([s.text for s in samples], [p.gold for p in mine for _ in range(k)],
-                                [s.finish_reason == "stop" for s in samples])
+                                [s.finish_reason == "stop" for s in samples]) if samples else []
     t2 = time.perf_counter()
     counts: Counter = Counter()
     examples, rows = [], []

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from gftrepro.entries import ratio_group
 from gftrepro.prompts import QWEN_MATH_COT
 
 
@@ -129,8 +130,9 @@ def recipe(facts: ModelFacts, methods: list[str], *, limit: int, ratio: tuple[in
         per_method["sft"] = {k: sft[k] for k in ("lr", "batch_size", "max_length")}
     return {
         "methods": methods, "seeds": 1, **({"per_method": per_method} if per_method else {}),
-        "sample-teacher": sampling(facts, TEACHER, 3, limit, 0, 4),
-        "sample-self": sampling(facts, facts.hub, 4, limit, 1, 1),
+        # enough candidates for the group's teacher and self slots (Table 5's 8:0 takes 7 teacher samples)
+        "sample-teacher": sampling(facts, TEACHER, max(3, ratio[1]), limit, 0, 4),
+        "sample-self": sampling(facts, facts.hub, max(4, ratio[2]), limit, 1, 1),
         "verify": {"workers": 16, "timeout": 5.0},
         "build-groups": {"n_expert": ratio[0], "n_teacher": ratio[1], "n_self": ratio[2], "std": "unbiased",
                          "eps": 1e-6},
@@ -181,7 +183,7 @@ def runs(facts: ModelFacts) -> dict[str, tuple[str, dict]]:
                         "(a third-party reading of the paper, unverified)", pear)
     for demo, own in ((8, 0), (6, 2), (4, 4), (2, 6), (0, 8)):
         out[f"ratio-{demo}-{own}.yaml"] = (f"Group composition N_demo:N_sample = {demo}:{own} (Table 5)",
-                                           recipe(facts, ["gft"], limit=10_000, ratio=(demo, 0, own)))
+                                           recipe(facts, ["gft"], limit=10_000, ratio=ratio_group(demo, own)))
     return out
 
 

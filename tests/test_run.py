@@ -130,7 +130,7 @@ def test_settings_are_entries_trained_evaluated_and_judged(tmp_path):
     trained = [json.loads(m.read_text())["config"] for m in run.glob("train/*/manifest.json")]
     assert any(t["online"] and t["tau"] == 0.3 for t in trained)
     groups = [json.loads(m.read_text())["config"] for m in run.glob("build-groups/*/manifest.json")]
-    assert sorted((g["n_expert"], g["n_teacher"], g["n_self"]) for g in groups) == [(1, 3, 4), (2, 0, 2)]
+    assert sorted((g["n_expert"], g["n_teacher"], g["n_self"]) for g in groups) == [(1, 1, 2), (1, 3, 4)]
     folder = run / rows["gft"]["eval_folders"][0]["testbed"]
     assert folder.is_dir() and list(folder.glob("shard-p*.parquet"))
     claims = (run / "summary" / "claims.md").read_text()

@@ -184,7 +184,7 @@ def test_seed_interval_is_students_t():
 def test_settings_are_entries_with_one_clear_error_each():
     links = chain("sft:gft-online@ratio=2:6@tau=0.3:grpo")
     assert [link.method for link in links] == ["sft", "gft", "grpo"]
-    assert links[1].settings == {"n_expert": 2, "n_teacher": 0, "self_k": 6, "tau": 0.3}
+    assert links[1].settings == {"n_expert": 1, "n_teacher": 1, "self_k": 6, "tau": 0.3}
     (offline,) = chain("gft@ratio=0:8")
     assert offline.groups == (("n_expert", 0), ("n_self", 8), ("n_teacher", 0)) and offline.train == ()
     stages = stage_configs(None)
@@ -230,3 +230,9 @@ def test_cli_report_prints_intervals_and_draws_the_forest_plot(tmp_path):
     claims = (tmp_path / "summary" / "claims.md").read_text()
     assert "| seeds x problems |" in claims and "1 x 100" in claims and "Rule (gftrepro/stats.py)" in claims
     assert (tmp_path / "summary" / "forest.png").stat().st_size > 1000
+
+
+def test_ratio_is_demonstrations_expert_first_then_teacher():
+    from gftrepro.entries import ratio_group
+
+    assert [ratio_group(d, 8 - d) for d in (8, 6, 4, 2, 0)] == [(1, 7, 0), (1, 5, 2), (1, 3, 4), (1, 1, 6), (0, 0, 8)]

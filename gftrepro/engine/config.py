@@ -146,8 +146,9 @@ class TrainConfig:
     def validate_online(self) -> None:
         expert, teacher, own = self.group
         checks = [
-            (min(expert, teacher) >= 0 and own >= 1, f"an online group needs self_k >= 1 and expert, teacher >= 0, "
-                                                     f"got {expert}:{teacher}:{own}"),
+            (min(expert, teacher, own) >= 0 and expert + teacher + own >= 2,
+             f"an online group needs expert, teacher, self_k >= 0 and at least 2 members (8:0, Table 5's all-"
+             f"demonstration group, has no self sample), got {expert}:{teacher}:{own}"),
             (self.method != "grpo" or own >= 2, f"grpo needs self_k >= 2 (a group advantage over its own samples), "
                                                 f"got {own}"),
             (expert + teacher + own >= 2, f"a group needs K >= 2 responses, got {expert + teacher + own}"),
