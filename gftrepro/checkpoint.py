@@ -146,7 +146,12 @@ def save(folder: Path, rank: int, main: bool, net: torch.nn.Module, optimizer: t
             save_file({k: v.contiguous().clone() for k, v in model_sd.items()}, str(folder / "model.safetensors"))
             save_optimizer(optim_sd, folder)
     elif main:
-        save_model(net, str(folder / "model.safetensors"))
+        from gftrepro.lora import is_peft, trainable_state
+
+        if is_peft(net):  # LoRA: the adapters alone (the base weights are frozen and reloaded from the model)
+            save_file(trainable_state(net), str(folder / "model.safetensors"))
+        else:
+            save_model(net, str(folder / "model.safetensors"))
         save_optimizer(optimizer.state_dict(), folder)
     if main:
         (folder / "scheduler.json").write_text(json.dumps(numbers(scheduler.state_dict())))
@@ -163,7 +168,12 @@ def load(folder: Path, rank: int, net: torch.nn.Module, optimizer: torch.optim.O
             fsdp.load_full_state(sharded, optimizer, load_file(str(folder / "model.safetensors")),
                                  load_optimizer(folder))
         else:
-            load_model(net, str(folder / "model.safetensors"))  # strict; tied tensors stored once are fine
+            from gftrepro.lora import is_peft, load_trainable
+
+            if is_peft(net):
+                load_trainable(net, load_file(str(folder / "model.safetensors")))
+            else:
+                load_model(net, str(folder / "model.safetensors"))  # strict; tied tensors stored once are fine
             load_optimizer_into(optimizer, load_optimizer(folder))
         live = scheduler.state_dict()
         saved = json.loads((folder / "scheduler.json").read_text())

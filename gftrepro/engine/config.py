@@ -62,6 +62,12 @@ class TrainConfig:
     logprob_chunk: int = opt(512, "tokens per chunk of the LM-head log-softmax", versioned=False)
     fused_loss: bool = opt(True, "make the loss's gradient in the LM head's own pass (same numbers, faster); "
                                  "--no-fused-loss: log-probs first, then the loss", versioned=False)
+    lora_rank: int = opt(0, "train LoRA adapters of this rank instead of every weight (0 = full fine-tuning; PEFT: "
+                            "the lora extra)", versioned="unless-default")
+    lora_alpha: float = opt(16.0, "LoRA scale numerator: updates scaled by alpha / rank", versioned="unless-default")
+    lora_dropout: float = opt(0.0, "dropout on the LoRA input", versioned="unless-default")
+    lora_target: list[str] = opt(["all-linear"], "modules given adapters: all-linear (every linear layer but the "
+                                 "LM head) or names such as q_proj,v_proj", versioned="unless-default")
     report_to: list[str] = opt([], "experiment trackers, comma-separated: tensorboard, mlflow, wandb, trackio (each an "
                                "optional extra; local and offline by default)", versioned=False)
     save_every: int = opt(50, "write a resumable checkpoint every N steps (0 = only at the end)", versioned=False)
@@ -100,6 +106,15 @@ class TrainConfig:
     verify_timeout: float = opt(5.0, "online: wall-clock seconds per answer before its worker is killed")
 
     def validate(self) -> None:
+        if self.lora_rank:
+            require([(self.lora_rank > 0 and self.lora_alpha > 0 and 0 <= self.lora_dropout < 1,
+                      "--lora-rank must be > 0, --lora-alpha > 0 and --lora-dropout in [0, 1)"),
+                     (not self.fsdp, "--lora-rank with --fsdp is not supported: adapters are small, train them data "
+                                     "parallel (drop --fsdp) or fully fine-tune with FSDP (drop --lora-rank)")])
+            try:
+                import peft  # noqa: F401
+            except ImportError:
+                raise GftError("--lora-rank needs the peft package: install with pip install 'gft[lora]'") from None
         if self.report_to:
             from gftrepro.trackers import names_of
 

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from gftrepro import config as cfg
-from gftrepro import fsdp, methods, modelcard, store
+from gftrepro import fsdp, lora, methods, modelcard, store
 from gftrepro.engine.batches import Example, collate
 from gftrepro.engine.config import TrainConfig
 from gftrepro.engine.state import (
@@ -106,6 +106,17 @@ def start_model(config: TrainConfig, run_dir: Path, default: str) -> ModelRef:
     return resolve_model(config.model or default)
 
 
+def with_adapters(net: torch.nn.Module, config: TrainConfig, console: Console) -> torch.nn.Module:
+    """``--lora-rank``: the PEFT model (only its adapters train), said on the console."""
+    if config.gradient_checkpointing:
+        net.enable_input_require_grads()  # frozen embeddings: checkpointed layers still get a gradient
+    net = lora.wrap(net, config)
+    trained, total = lora.trainable_count(net)
+    console.print(f"  LoRA rank {config.lora_rank}: {trained:,} of {total:,} parameters train "
+                  f"({100 * trained / total:.2f}%)", highlight=False)
+    return net
+
+
 class Trainer:
     """The parts every training loop shares: the model and optimizer, one optimizer step, the metrics
     line, checkpoints, and the final save. ``run`` (offline) and ``online.run`` drive it."""
@@ -127,6 +138,9 @@ class Trainer:
         net = load_causal_lm(model.path, model.ref, getattr(torch, config.param_dtype))
         if config.gradient_checkpointing:
             net.gradient_checkpointing_enable()
+        self.lora = bool(config.lora_rank)
+        if self.lora:
+            net = with_adapters(net, config, console)
         if config.compile:
             compile_layers(net)
         policy = Policy(net, config.logprob_chunk)
@@ -134,8 +148,8 @@ class Trainer:
         if config.fsdp:
             net.to(accelerator.device)
             self.sharded = fsdp.shard(policy, accelerator.device.type, self.world, mixed_bf16(config))
-        optimizer = make_optimizer(config, policy.parameters(), accelerator.device.type == "cuda" and
-                                   self.sharded is None)
+        optimizer = make_optimizer(config, [p for p in policy.parameters() if p.requires_grad],
+                                   accelerator.device.type == "cuda" and self.sharded is None)
         if config.param_dtype == "bfloat16" and config.optimizer == "adamw":
             console.print("  note: bf16 weights with adamw drop every update below half a bf16 step (20 SFT steps "
                           "at lr 1e-6 on SmolLM2-135M moved the loss 0.4% as far as fp32 weights); "
@@ -159,10 +173,13 @@ class Trainer:
         self.anchored = methods.get(config.method).anchor  # asft: the KL anchor to the starting model
         needs_ref = config.kl_every or config.kl_coef or self.anchored
         ref_path = resolve_model(config.ref_model).path if config.ref_model else model.path
-        self.ref = load_causal_lm(ref_path, "ref").to(accelerator.device).eval() if needs_ref else None
+        if needs_ref and self.lora and ref_path == model.path:  # the base is the model without its adapters
+            self.ref = lora.AdaptersOff(self.net)
+        else:
+            self.ref = load_causal_lm(ref_path, "ref").to(accelerator.device).eval() if needs_ref else None
         self.anchor = None  # asft's anchor is the model this training started from, whatever --ref-model says
         if self.anchored:
-            self.anchor = self.ref if ref_path == model.path else \
+            self.anchor = self.ref if ref_path == model.path else lora.AdaptersOff(self.net) if self.lora else \
                 load_causal_lm(model.path, "anchor").to(accelerator.device).eval()
             self.anchor.requires_grad_(False)
         self.ref_policy = Policy(self.ref, config.logprob_chunk) if config.kl_coef else None
@@ -177,6 +194,8 @@ class Trainer:
         """The model's whole tensors by name, on every process (under FSDP a collective gather)."""
         if self.sharded is not None:
             return fsdp.full_model_state(self.sharded)
+        if self.lora:  # merged, under the base model's names
+            return lora.merged_state(self.net)
         return dict(self.net.state_dict())
 
     def micro_batches(self, mine: list[Example]) -> list[dict]:
@@ -258,7 +277,12 @@ class Trainer:
         if self.main:
             if not all(torch.isfinite(t).all() for t in (state or dict(self.net.state_dict())).values()):
                 raise GftError("the trained weights are not finite; not saving them (lower --lr?)")
-            save_model(self.net, self.tokenizer, self.vdir.path / "model", state)
+            if self.lora:  # the adapter beside a plain merged folder
+                self.net.save_pretrained(str(self.vdir.path / "adapter"))
+                save_model(self.net.get_base_model(), self.tokenizer, self.vdir.path / "model",
+                           lora.merged_state(self.net))
+            else:
+                save_model(self.net, self.tokenizer, self.vdir.path / "model", state)
         acc.wait_for_everyone()
         summary = {"steps": self.total_steps, "skipped_steps": self.skipped, "world_size": self.world,
                    "final_loss": last_metric(self.metrics_path, "loss"),
@@ -267,7 +291,7 @@ class Trainer:
         if self.main:  # the model card, listed in the manifest with the weights
             modelcard.write(self.vdir.path / "model" / "README.md", self.config, self.vdir, summary,
                             metric_lines(self.metrics_path))
-        model_files = sorted(p for p in (self.vdir.path / "model").rglob("*") if p.is_file())
+        model_files = sorted(p for d in ("model", "adapter") for p in (self.vdir.path / d).rglob("*") if p.is_file())
         manifest = store.finalize(self.vdir, 0, {"summary": summary}, model_files) if self.main else \
             {"summary": summary}
         if self.main:
