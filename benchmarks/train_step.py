@@ -27,7 +27,10 @@
   KL anchor; PSFT's is one update with the old policy's log-probs taken before the timed step (once a
   batch in training, over its 8 updates); PEAR's (``pear-fused``) includes its weights' first no-grad
   LM-head pass. Each result carries the process's peak RSS (``max_rss_gib``: the model, its
-  optimizer and, for ASFT, the reference copy).
+  optimizer and, for ASFT, the reference copy). ``gft-fused-lora16``: LoRA rank 16 on every linear
+  layer (``--lora-rank 16``) beside ``gft-fused``. ``gft-fused-logged`` and ``gft-fused-logged-trackers``:
+  the step plus its metrics line, and with every tracker on (``--report-to
+  tensorboard,mlflow,wandb,trackio``, flushed every 10 steps as checkpoints would).
 - ``lowmem``: what ``--param-dtype`` and ``--optimizer`` cost and keep, on SmolLM2-135M's real
   weights: fp32 + torch AdamW (the reference), bf16 + torch AdamW, bf16 + torchao AdamW8bit with
   stochastic rounding, fp32 + AdamW8bit; the same seeded random gradients for ``--lowmem-steps``
@@ -155,6 +158,9 @@ class Setup(NamedTuple):
     dtype: str = "auto"  # compute dtype
     optimizer: str = "adamw"
     compile: bool = False
+    lora_rank: int = 0
+    logged: bool = False  # the timed step also writes its metrics line (and flushes the trackers every 10 steps)
+    report_to: tuple[str, ...] = ()
 
 
 STEP_SETUPS = {
@@ -169,6 +175,10 @@ STEP_SETUPS = {
     "gft-fused-compiled": Setup("gft", "gft", compile=True),
     "gft-fused-bf16w-compiled": Setup("gft", "gft", param_dtype="bfloat16", compile=True),
     "gft-fused-bf16w-adamw8bit": Setup("gft", "gft", param_dtype="bfloat16", optimizer="adamw8bit"),  # one GPU, 7B
+    "gft-fused-lora16": Setup("gft", "gft", lora_rank=16),  # PEFT LoRA, rank 16 on every linear layer
+    "gft-fused-logged": Setup("gft", "gft", logged=True),  # + metrics.jsonl, trackers off
+    "gft-fused-logged-trackers": Setup("gft", "gft", logged=True,
+                                       report_to=("tensorboard", "mlflow", "wandb", "trackio")),
     "liger-sft-fp32master": Setup("liger", "sft", dtype="bfloat16"),
     "liger-sft-bf16w": Setup("liger", "sft", param_dtype="bfloat16", dtype="bfloat16"),
 }
@@ -256,8 +266,10 @@ def gft_trainer(folder: Path, setup: Setup, batch: int, seq: int, micro: int, n:
 
     config = TrainConfig(method=setup.method, fused_loss=setup.fused_loss, param_dtype=setup.param_dtype,
                          dtype=setup.dtype, optimizer=setup.optimizer, compile=setup.compile, lr=1e-6,
-                         batch_size=batch, micro_batch_size=micro, max_length=seq, save_every=0)
+                         batch_size=batch, micro_batch_size=micro, max_length=seq, save_every=0,
+                         lora_rank=setup.lora_rank, report_to=list(setup.report_to))
     vdir = store.VersionDir(Path(tmp), "train", "bench")
+    vdir.path.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(config, make_accelerator(config), vdir, resolve_model(str(folder)),
                       AutoTokenizer.from_pretrained(folder), n, Console(quiet=True))
     ids, _, adv = synthetic_batch(trainer.net.config.vocab_size, batch, seq)
@@ -272,7 +284,12 @@ def gft_trainer(folder: Path, setup: Setup, batch: int, seq: int, micro: int, n:
             trainer.add_reference_logprobs(micro, old=True)
         sync()
         t0 = time.perf_counter()
-        sums = trainer.update(next(counter), micro, trainer.global_tokens(examples), batch)
+        i = next(counter)
+        sums = trainer.update(i, micro, trainer.global_tokens(examples), batch)
+        if setup.logged:  # what gft train does after each update: the metrics line, trackers at checkpoints
+            trainer.log(i, sums, 0.0)
+            if i % 10 == 9:
+                trainer.trackers.flush()
         sync()
         assert math.isfinite(sums["loss"])
         return time.perf_counter() - t0

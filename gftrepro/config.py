@@ -145,7 +145,8 @@ def versioned_dict(config: Any) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(config):
         mode, value = f.metadata.get("versioned", True), getattr(config, f.name)
-        if mode is True or (mode == "unless-default" and value != f.default):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if mode is True or (mode == "unless-default" and value != default):
             out[f.name] = value
     return out
 

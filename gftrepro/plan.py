@@ -230,6 +230,12 @@ BENCH_SIZES = {"math500": 500, "minerva_math": 272, "olympiadbench": 675, "aime2
 ADAMW8BIT_STATE_BYTES = 2.03
 
 
+# LoRA parameters per rank as a share of the model's (all-linear adapters: r x (in + out) per linear layer):
+# 7.5e-4 for Qwen2.5-1.5B (28 layers, hidden 1536, KV 256, MLP 8960: 1.15M per rank over 1.54B), lower for
+# larger models, so an upper estimate for the recipes' models
+LORA_SHARE_PER_RANK = 7.5e-4
+
+
 def bytes_per_param(param_dtype: str = "float32", optimizer: str = "adamw") -> float:
     """Weights + gradients + AdamW moments per parameter, as ``gft train`` stores them."""
     weight = 4 if param_dtype == "float32" else 2
@@ -251,6 +257,15 @@ def memory_note(model: str, a: Assumptions, train: Any = None, gpus: int = 0) ->
         return f"training memory of {model}: parameter count unknown to gft plan"
     fsdp = bool(getattr(train, "fsdp", False))
     dtype, optimizer = getattr(train, "param_dtype", "float32"), getattr(train, "optimizer", "adamw")
+    rank = getattr(train, "lora_rank", 0)
+    if rank:  # frozen weights, plus adapters with their gradients and AdamW states
+        weights = (4 if dtype == "float32" else 2) * p
+        adapters = LORA_SHARE_PER_RANK * rank * p * bytes_per_param(dtype, optimizer)
+        need = weights + adapters
+        verdict = "fits" if need <= 0.8 * a.gpu_gb else "does NOT fit one GPU: lower param_dtype to bfloat16"
+        return (f"training {model} ({p:.2f}B) with LoRA rank {rank}: ~{weights:.0f} GB of frozen {dtype} weights + "
+                f"~{adapters:.1f} GB of adapters, their gradients and AdamW states on each {a.gpu_gb:.0f} GB GPU, "
+                f"plus activations: {verdict}")
     need = bytes_per_param(dtype, optimizer) * p  # GB for weights + grads + AdamW moments
     what = f"weights, gradients and AdamW states ({layout(dtype, optimizer)})"
     gpus = gpus or {f.hub: f.gpus for f in MODELS}.get(model, 8)

@@ -90,3 +90,21 @@ def test_bad_lora_settings_are_one_line():
     from gftrepro import config as cfg
 
     assert cfg.versioned_dict(TrainConfig()) == cfg.versioned_dict(TrainConfig(lora_alpha=16.0))  # defaults: old ids
+
+
+def test_plan_counts_lora_memory():
+    from gftrepro import plan as planner
+
+    a = planner.Assumptions(600, 200, 15_000, 80)
+    full = planner.memory_note("Qwen/Qwen2.5-Math-7B", a, TrainConfig())
+    lora = planner.memory_note("Qwen/Qwen2.5-Math-7B", a, TrainConfig(lora_rank=16, param_dtype="bfloat16"))
+    assert "does NOT fit" in full and "LoRA rank 16" in lora and "fits" in lora and "NOT" not in lora
+
+
+def test_lora_defaults_leave_every_version_id_as_it_was():
+    """A list-valued key added with versioned='unless-default' (lora_target) must compare with its factory's
+    value: at the defaults, train versions made before LoRA keep their ids."""
+    from gftrepro import config as cfg
+
+    assert not {k for k in cfg.versioned_dict(TrainConfig()) if k.startswith("lora")}
+    assert "lora_target" in cfg.versioned_dict(TrainConfig(lora_target=["q_proj"]))
