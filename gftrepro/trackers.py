@@ -21,6 +21,7 @@ Trackers never enter a version hash.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -43,11 +44,9 @@ def names_of(report_to: list[str]) -> list[str]:
     for n in names:
         if n not in KNOWN:
             raise GftError(f"unknown tracker '{n}' in --report-to (known: {', '.join(KNOWN)})")
-        try:
-            __import__(MODULE[n])
-        except ImportError:
+        if importlib.util.find_spec(MODULE[n]) is None:  # found, not imported: trackio reads TRACKIO_DIR on import
             raise GftError(f"--report-to {n}: the {n} package is not installed: install with "
-                           f"pip install 'gft[{n}]'") from None
+                           f"pip install 'gft[{n}]'")
     return names
 
 

@@ -84,18 +84,23 @@ def wandb_points(run, run_id):
     return points
 
 
-def trackio_points(run, name):
+def trackio_points(run, name, monkeypatch):
+    import trackio.sqlite_storage as storage
     from trackio.sqlite_storage import SQLiteStorage
+
+    assert (run / "trackio").is_dir()  # gft put trackio's local store in the run folder
+    monkeypatch.setattr(storage, "TRACKIO_DIR", run / "trackio")  # read there (the module read its env on import)
 
     return [((row["step"], k), float(v)) for row in SQLiteStorage.get_logs("gft", name)
             for k, v in row.items() if k not in ("step", "timestamp") and isinstance(v, int | float)]
 
 
-def check_every_tracker(run, version):
+def check_every_tracker(run, version, monkeypatch):
     want = expected(version)
     state = json.loads((version / "trackers.json").read_text())
     readers = [("tensorboard", tensorboard_points(version)), ("mlflow", mlflow_points(run, state["mlflow"])),
-               ("wandb", wandb_points(run, state["wandb"])), ("trackio", trackio_points(run, state["trackio"]))]
+               ("wandb", wandb_points(run, state["wandb"])),
+               ("trackio", trackio_points(run, state["trackio"], monkeypatch))]
     for name, points in readers:
         keys = [k for k, _ in points]
         assert len(keys) == len(set(keys)), f"{name}: a step sent twice"
@@ -109,7 +114,7 @@ def check_every_tracker(run, version):
 def test_every_tracker_holds_metrics_jsonl_after_a_kill_and_resume(grouped_run, tmp_path, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(grouped_run, run, ignore=shutil.ignore_patterns("train"))
-    monkeypatch.setenv("TRACKIO_DIR", str(run / "trackio"))
+    monkeypatch.delenv("TRACKIO_DIR", raising=False)  # gft puts trackio's store in the run folder itself
     monkeypatch.setenv("WANDB_MODE", "offline")
     args = ["train", "--run", str(run), "--method", "gft", "--max-steps", "6", "--batch-size", "2", "--save-every",
             "2", "--kl-every", "1", "--report-to", ALL]
@@ -119,7 +124,7 @@ def test_every_tracker_holds_metrics_jsonl_after_a_kill_and_resume(grouped_run, 
     assert [m["step"] for m in metric_lines(version / "metrics.jsonl")] == list(range(1, 7))
     assert {"loss", "entropy", "kl_ref", "rectified_share", "lr", "grad_norm", "tokens_per_s"} <= \
         {k for _, k in expected(version)}
-    check_every_tracker(run, version)
+    check_every_tracker(run, version, monkeypatch)
     manifest = json.loads((version / "manifest.json").read_text())
     assert "report_to" not in json.dumps(manifest["config"].get("versioned", {}))
 
@@ -127,16 +132,10 @@ def test_every_tracker_holds_metrics_jsonl_after_a_kill_and_resume(grouped_run, 
 def test_bad_tracker_names_and_missing_packages_are_one_line(monkeypatch):
     with pytest.raises(GftError, match="unknown tracker 'neptune'"):
         names_of(["tensorboard", "neptune"])
-    import builtins
+    import importlib.util
 
-    real = builtins.__import__
-
-    def no_wandb(name, *a, **kw):
-        if name == "wandb":
-            raise ImportError(name)
-        return real(name, *a, **kw)
-
-    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(GftError, match=r"install with pip install 'gft\[wandb\]'"):
         names_of(["wandb"])
     assert names_of(["none"]) == [] and names_of([]) == []

@@ -161,11 +161,11 @@ class TrainConfig:
     def validate_online(self) -> None:
         expert, teacher, own = self.group
         checks = [
+            (self.method != "grpo" or own >= 2, f"grpo needs self_k >= 2 (a group advantage over its own samples), "
+                                                f"got {own}"),
             (min(expert, teacher, own) >= 0 and expert + teacher + own >= 2,
              f"an online group needs expert, teacher, self_k >= 0 and at least 2 members (8:0, Table 5's all-"
              f"demonstration group, has no self sample), got {expert}:{teacher}:{own}"),
-            (self.method != "grpo" or own >= 2, f"grpo needs self_k >= 2 (a group advantage over its own samples), "
-                                                f"got {own}"),
             (expert + teacher + own >= 2, f"a group needs K >= 2 responses, got {expert + teacher + own}"),
             (self.prompts_per_step >= 1, "prompts_per_step must be at least 1"),
             (self.adv_std in STD_MODES, f"adv_std must be one of {', '.join(STD_MODES)}, got '{self.adv_std}'"),
