@@ -372,8 +372,8 @@ def test_model_folder_has_a_model_card_listed_in_the_manifest(grouped_run, tmp_p
     """Issue 29: README.md beside the weights: front matter, method and formula, data with a fingerprint of
     the files read, steps and tokens, the last step's metrics, the resolved config; hashed in the manifest."""
     run = copy_run(grouped_run, tmp_path / "run")
-    gft("train", "--run", str(run), "--method", "gft", "--max-steps", "1", "--batch-size", "2", check=True)
-    version = next(v for v in (run / "train").iterdir() if (v / "manifest.json").exists())
+    out = gft("train", "--run", str(run), "--method", "gft", "--max-steps", "1", "--batch-size", "2", check=True)
+    version = run / "train" / out.stdout.split("gft train ", 1)[1].split()[0]  # the run holds other versions
     text = (version / "model" / "README.md").read_text()
     assert text.startswith("---\nlibrary_name: transformers\nbase_model: \"testbed:student\"")
     assert "sg(p) if p < tau else 1" in text and "groups of build-groups" in text
