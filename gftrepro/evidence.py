@@ -53,7 +53,8 @@ class Evidence:
     def __init__(self, summary: list[dict], run_dir: Path | None):
         self.rows = {r["model"]: r for r in summary}
         self.run_dir = run_dir
-        self.counts: dict[tuple[str, int], dict[str, int]] = {}
+        self.counts: dict[tuple[str, int], dict[str, int]] = {}  # (folder, n): correct samples per problem
+        self.values: dict[tuple[str, int, int], dict[str, float]] = {}  # (folder, n, k): per-problem pass@k
 
     def has(self, model: str, metric: str) -> bool:
         row = self.rows.get(model, {})
@@ -81,12 +82,14 @@ class Evidence:
         folder, n = row["eval_folders"][i].get(bench), row["n"][i]
         if folder is None or k > n:
             return None
-        key = (folder, n)
-        if key not in self.counts:
-            self.counts[key] = correct_counts(self.run_dir / folder, n)
-        pids = list(self.counts[key])
-        values = pass_at_k(n, np.array([self.counts[key][p] for p in pids], dtype=np.int64), k) if pids else []
-        return dict(zip(pids, np.atleast_1d(values).tolist(), strict=True))
+        key = (folder, n, k)
+        if key not in self.values:  # every claim of the report reads the same folders again
+            if (folder, n) not in self.counts:
+                self.counts[(folder, n)] = correct_counts(self.run_dir / folder, n)
+            counts = self.counts[(folder, n)]
+            values = pass_at_k(n, np.array(list(counts.values()), dtype=np.int64), k) if counts else []
+            self.values[key] = dict(zip(counts, np.atleast_1d(values).tolist(), strict=True))
+        return self.values[key]
 
     def interval(self, check: Check) -> Interval | str:
         """The check's interval, or why it cannot be made."""

@@ -165,10 +165,7 @@ def offline_row(entry: str, method: str, t: Any, stages: dict[str, Any], run_dir
         for seed in range(t.seed, t.seed + seeds):
             as_run = dataclasses.replace(t, method=method, build_groups_version=done["build-groups"], model=ss.model,
                                          seed=seed)
-            wanted = {"build-groups": done["build-groups"]}
-            if t.dataset == "groups":  # train.run's record of the step unit
-                wanted["batch_unit"] = "groups"
-            version = complete_with(run_dir, "train", as_run, wanted)
+            version = complete_with(run_dir, "train", as_run, {"build-groups": done["build-groups"], **t.unit_inputs})
             trained += [version] if version else []
     m = methods.get(method)
     group = g.n_expert + g.n_self if m.no_teacher else g.k  # gft-no-mix: GFT's groups without the teacher

@@ -33,7 +33,6 @@ from gftrepro.errors import GftError
 from gftrepro.store import atomic_write_bytes
 
 KNOWN = ("tensorboard", "mlflow", "wandb", "trackio")
-MODULE = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio"}
 PROJECT = "gft"
 STATE = "trackers.json"
 
@@ -44,7 +43,7 @@ def names_of(report_to: list[str]) -> list[str]:
     for n in names:
         if n not in KNOWN:
             raise GftError(f"unknown tracker '{n}' in --report-to (known: {', '.join(KNOWN)})")
-        if importlib.util.find_spec(MODULE[n]) is None:  # found, not imported: trackio reads TRACKIO_DIR on import
+        if importlib.util.find_spec(n) is None:  # found, not imported: trackio reads TRACKIO_DIR on import
             raise GftError(f"--report-to {n}: the {n} package is not installed: install with "
                            f"pip install 'gft[{n}]'")
     return names

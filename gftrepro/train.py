@@ -146,9 +146,8 @@ def run(config: TrainConfig, run_dir: Path, console: Console | None = None) -> d
     examples, dropped = tokenize(method_rows(config, bg), tokenizer, config.max_length, config.truncation,
                                  methods.get(config.method).behaviour)
     steps = plan_steps(config, examples, world)
-    inputs = {"build-groups": bg.version, "model": {"ref": model.ref, "fingerprint": model.fingerprint}}
-    if config.dataset == "groups":  # batch_size counts groups since 2026-12-03 (sequences before): new versions
-        inputs["batch_unit"] = "groups"
+    inputs = {"build-groups": bg.version, "model": {"ref": model.ref, "fingerprint": model.fingerprint},
+              **config.unit_inputs}
     vdir = open_stage(run_dir, "train", config, inputs, console)
     if vdir.is_complete(hashes=True):
         return already_done(vdir, console, summary_line)

@@ -240,3 +240,9 @@ class TrainConfig:
     @property
     def dataset(self) -> str:
         return self.data or methods.get(self.method).data
+
+    @property
+    def unit_inputs(self) -> dict[str, str]:
+        """What an offline train version records of its step unit: on group data ``batch_size`` counts groups
+        since 2026-12-03 (sequences before), so those versions are new; other data is unchanged."""
+        return {"batch_unit": "groups"} if self.dataset == "groups" else {}
