@@ -226,13 +226,15 @@ def run_all(
     rounds: int | None = typer.Option(None, "--rounds", help="gft: re-sample and retrain rounds [default: 1]"),
     budget: str | None = typer.Option(None, "--budget", help="prompts (every method the same prompts and steps) or "
                                       "trajectories (the paper's: as many sequences) [default: prompts]"),
+    jobs: int | None = typer.Option(None, "--jobs", "-j", help="worker processes for the trainings and evaluations "
+                                    "(0 = one per CPU core) [default: 1]"),
 ) -> None:
     """Run every stage: sample, verify, build groups, train each method, evaluate, compare."""
 
     def body() -> None:
         from gftrepro import pipeline
 
-        given = {"methods": methods, "seeds": seeds, "rounds": rounds, "budget": budget}
+        given = {"methods": methods, "seeds": seeds, "rounds": rounds, "budget": budget, "jobs": jobs}
         overrides = {k: v for k, v in given.items() if v is not None}
         pipeline.run(pipeline.run_config(config, overrides), pipeline.stage_configs(config), run)
 

@@ -84,6 +84,9 @@ class RunConfig:
     report_to: list[str] = opt([], "experiment trackers for every training's steps, every eval's results and the "
                                "run's summary: tensorboard, mlflow, wandb, trackio (optional extras; local and "
                                "offline by default)", versioned=False)
+    jobs: int = opt(1, "worker processes for the run's trainings and evaluations (each entry and seed is one job; "
+                    "0 = one per CPU core); they share the cores' threads, and jobs that would write the same "
+                    "version wait for each other", versioned=False)
     budget: str = opt("prompts", "training budget across methods: prompts (every method the same prompts, epochs "
                       "and steps; a group method trains K sequences a prompt, a single-trajectory one 1) or "
                       "trajectories (the paper's rule: single-trajectory methods train as many sequences as a "
@@ -105,6 +108,8 @@ class RunConfig:
             cfg.check_keys(TrainConfig, keys, f"per_method.{method}")
         if self.budget not in BUDGETS:
             raise GftError(f"budget must be one of {', '.join(BUDGETS)}, got '{self.budget}'")
+        if self.jobs < 0:
+            raise GftError(f"jobs must be 0 (one per CPU core) or more, got {self.jobs}")
         if self.seeds < 1 or self.rounds < 1:
             raise GftError("seeds and rounds must be at least 1")
         if self.seeds > MAX_SEEDS or self.rounds > MAX_SEEDS:
@@ -172,7 +177,7 @@ def run_stages(config: RunConfig, stages: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Console | None = None) -> dict:
-    from gftrepro import evaluate, sample
+    from gftrepro import sample
     from gftrepro.stage import BASELINES
 
     console = console or Console()
@@ -184,22 +189,20 @@ def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Conso
     for entry in config.methods:  # every entry's settings resolve before any training
         for link in chain(entry):
             train_config_for(stages, link)
+    seeds = seed_range(config, stages)
+    if config.jobs != 1:  # every (entry, seed) in worker processes first; the loop below then reuses them
+        from gftrepro.parallel import run_units
+
+        run_units(config, stages, run_dir, seeds, groups, teacher["version"], console)
     results: dict[str, list[dict]] = {"base": []}
     curves: dict[str, list[dict]] = {}
-    for seed in seed_range(config, stages):
-        base_eval = dataclasses.replace(stages["eval"], model=student, seed=seed)
-        base = evaluate.run(base_eval, run_dir, console, show_table=False)
-        results["base"].append({"eval": base["metrics"], "train": None, "seed": seed,
-                                "folders": eval_folders(base, stages["eval"].limit)})
+    for seed in seeds:
+        results["base"].append(evaluate_base(stages, run_dir, seed, console))
         for entry in config.methods:
-            model_dir, metrics, last = train_chain(stages, run_dir, entry, seed, groups, teacher["version"],
-                                                   config.rounds, console)
-            curves.setdefault(entry, metrics)
-            ecfg = dataclasses.replace(stages["eval"], model=str(model_dir), seed=seed)
-            evaluated = evaluate.run(ecfg, run_dir, console, show_table=False)
-            results.setdefault(entry, []).append({"eval": evaluated["metrics"], "train": metrics, "seed": seed,
-                                                  "folders": eval_folders(evaluated, stages["eval"].limit),
-                                                  "tau": last.tau})
+            result = train_and_evaluate(stages, run_dir, entry, seed, groups, teacher["version"], config.rounds,
+                                        console)
+            curves.setdefault(entry, result["train"])
+            results.setdefault(entry, []).append(result)
     signal_share = groups["summary"]["groups_out"] / max(groups["summary"]["prompts_in"], 1)
     rows = summary_rows(results, signal_share)
     write_outputs(run_dir / "summary", rows, results, curves, config)
@@ -218,6 +221,27 @@ def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Conso
         trackers.final(flat, {n: folder / f"{n}.png" for n in ("passk", "training", "forest")})
         trackers.close()
     return {"rows": rows, "claims": claims}
+
+
+def evaluate_base(stages: dict[str, Any], run_dir: Path, seed: int, console: Console) -> dict:
+    """The base student evaluated with this seed: its summary record."""
+    from gftrepro import evaluate
+
+    base = evaluate.run(dataclasses.replace(stages["eval"], model=stages["sample-self"].model, seed=seed), run_dir,
+                        console, show_table=False)
+    return {"eval": base["metrics"], "train": None, "seed": seed, "folders": eval_folders(base, stages["eval"].limit)}
+
+
+def train_and_evaluate(stages: dict[str, Any], run_dir: Path, entry: str, seed: int, groups: dict,
+                       teacher_version: str, rounds: int, console: Console) -> dict:
+    """One entry (a method or a chain) trained and evaluated with this seed: its summary record."""
+    from gftrepro import evaluate
+
+    model_dir, metrics, last = train_chain(stages, run_dir, entry, seed, groups, teacher_version, rounds, console)
+    evaluated = evaluate.run(dataclasses.replace(stages["eval"], model=str(model_dir), seed=seed), run_dir, console,
+                             show_table=False)
+    return {"eval": evaluated["metrics"], "train": metrics, "seed": seed,
+            "folders": eval_folders(evaluated, stages["eval"].limit), "tau": last.tau}
 
 
 def eval_folders(manifest: dict, limit: int) -> dict[str, str]:
@@ -253,11 +277,21 @@ def train_config_for(stages: dict[str, Any], link: Link | str) -> TrainConfig:
     if stages.get("budget") == "trajectories" and not link.online:
         config = cfg.build(TrainConfig, cfg.to_dict(config), equal_trajectories(config, stages))
     config = cfg.build(TrainConfig, cfg.to_dict(config), dict(link.train))
+    config = dataclasses.replace(config, **same_group(config))
     try:
         config.validate()
     except GftError as e:
         raise GftError(f"{link.text}: {e}" if link.train else str(e)) from None
     return config
+
+
+def same_group(config: TrainConfig) -> dict[str, int]:
+    """An on-policy group given as the method's own (``gft-online@ratio=4:4`` is 1:3:4, gft's) is the method's
+    default (-1s), so the entry is the same training, with the same version, as the method without settings."""
+    keys = ("n_expert", "n_teacher", "self_k")
+    if config.group == REGISTRY[config.method].group and any(getattr(config, k) >= 0 for k in keys):
+        return dict.fromkeys(keys, -1)
+    return {}
 
 
 def equal_trajectories(config: TrainConfig, stages: dict[str, Any]) -> dict[str, int]:

@@ -79,3 +79,48 @@ def test_top_p_keeps_the_smallest_set_reaching_the_mass():
     torch.testing.assert_close(top_p_filter(probs, 0.7), torch.tensor([[0.5, 0.3, 0.0, 0.0]]))
     torch.testing.assert_close(top_p_filter(probs, 0.5), torch.tensor([[0.5, 0.0, 0.0, 0.0]]))
     torch.testing.assert_close(top_p_filter(probs, 1.0), probs)
+
+
+def test_own_loop_gives_the_tokens_generate_gives(backend):
+    """backends.decode (distinct prompts encoded once, cache grown in place, finished rows dropped) against
+    transformers' generate with the same sampler: the same tokens and log-probs, prompts of several lengths
+    repeated as evaluation repeats them, sampled and greedy."""
+    from gftrepro.backends.hf import HFBackend
+
+    hf, tok, stops = backend
+    assert hf.loop == "own"
+    questions = ["Compute 3 + 4.", "Compute 12 * 3 - 5.", "What is 100 - 7?", "Compute 2 * (3 + 4) - 1."]
+    from gftrepro.prompts import QWEN_MATH_COT
+
+    reqs = [Request(tok(format_prompt(tok, q, QWEN_MATH_COT, "auto"), add_special_tokens=False)["input_ids"],
+                    seed=sample_seed(0, q, j)) for q in questions for j in range(6)]
+    reasons = set()
+    wide = HFBackend(resolve_model("testbed:student"), tok, batch_size=16)
+    for p in (params(stops, logprobs=True, max_new=40), params(stops, logprobs=True, temperature=0.7, top_p=0.8),
+              params(stops, temperature=0.0, max_new=12)):
+        wide.loop = "own"
+        own = wide.generate(reqs, p, lambda *_: None)
+        wide.loop = "transformers"
+        ref = wide.generate(reqs, p, lambda *_: None)
+        assert [s.token_ids for s in own] == [s.token_ids for s in ref]
+        assert [s.finish_reason for s in own] == [s.finish_reason for s in ref]
+        reasons |= {s.finish_reason for s in own}
+        if p.logprobs:
+            torch.testing.assert_close(torch.tensor([x for s in own for x in s.logprobs]),
+                                       torch.tensor([x for s in ref for x in s.logprobs]), atol=1e-5, rtol=0)
+    assert reasons == {"stop", "length"}  # rows left the batch early, and some ran to the cap
+
+
+def test_models_with_sliding_windows_keep_generate():
+    from types import SimpleNamespace
+
+    from gftrepro.backends.decode import supported
+
+    def model(**config):
+        return SimpleNamespace(config=SimpleNamespace(**config))
+
+    assert supported(model(num_hidden_layers=2))
+    assert supported(model(layer_types=["full_attention"] * 2, sliding_window=4096, use_sliding_window=False))
+    assert not supported(model(layer_types=["full_attention", "sliding_attention"]))
+    assert not supported(model(sliding_window=4096))
+    assert not supported(model(is_encoder_decoder=True))

@@ -161,3 +161,81 @@ def test_budget_is_a_run_setting_prompts_or_trajectories():
     assert epochs("trajectories", "sft@epochs=2") == (2, 0)  # an entry's own setting wins
     with pytest.raises(GftError, match="budget must be one of prompts, trajectories"):
         pipeline.RunConfig(budget="tokens").validate()
+
+
+def test_jobs_that_would_write_the_same_version_wait_for_each_other():
+    """--jobs: a chain waits for the job that trains its first link, an entry the same as another (4:4 is
+    gft-online's own 1:3:4) waits for it, offline links rebuilding the same groups wait; nothing else does."""
+    from gftrepro.parallel import plan_jobs, waits_for
+    from gftrepro.pipeline import stage_configs, train_config_for
+
+    stages = stage_configs(None)
+    entries = ["sft", "gft-online", "sft:grpo", "gft-online@ratio=4:4", "gft-online@ratio=2:6", "pear:grpo",
+               "gft@n_self=2", "gft@n_self=2@lr=1e-5", "grpo"]
+    jobs = plan_jobs(entries, stages, range(2))
+    assert [(j.entry, j.seed) for j in jobs[:2]] == [(None, 0), ("sft", 0)] and len(jobs) == 2 * (1 + len(entries))
+    index = {(j.entry, j.seed): i for i, j in enumerate(jobs)}
+    needs = waits_for(jobs)
+
+    def waits(entry, seed=0):
+        return {(jobs[i].entry, jobs[i].seed) for i in needs[index[(entry, seed)]]}
+
+    assert waits("sft:grpo") == {("sft", 0)}
+    assert waits("gft-online@ratio=4:4") == {("gft-online", 0)}
+    assert train_config_for(stages, "gft-online@ratio=4:4") == train_config_for(stages, "gft-online")
+    assert waits("gft@n_self=2@lr=1e-5") == {("gft@n_self=2", 0)}  # the same rebuilt groups
+    assert waits("gft@n_self=2", 1) == {("gft@n_self=2", 0), ("gft@n_self=2@lr=1e-5", 0)}  # groups: every seed's
+    for entry in ("sft", "gft-online", "gft-online@ratio=2:6", "pear:grpo", "grpo"):
+        assert waits(entry) == set() and waits(entry, 1) == set(), entry
+    assert needs[index[(None, 1)]] == set()
+
+
+@pytest.mark.slow
+def test_jobs_write_the_versions_a_sequential_run_writes(tmp_path):
+    """gft run --jobs 2 trains and evaluates every entry and seed in two processes (a chain after its first
+    link); the same run with --jobs 1 then finds every version complete and does no work."""
+    config = tmp_path / "run.yaml"
+    config.write_text(SMALL.format(seeds=2).replace("methods: [sft, gft]", "methods: [sft, gft, 'sft:gft']"))
+    run = tmp_path / "run"
+    first = gft("run", "--config", str(config), "--run", str(run), "--jobs", "2", check=True).stdout
+    assert "8 jobs" in first and "in 2 processes" in first and "[8/8]" in first
+    assert len(list((run / "train").glob("*/manifest.json"))) == 6  # sft, gft, sft:gft's gft, per seed
+    before = {k: v for k, v in digest(run).items() if not k.startswith("summary/")}
+    second = gft("run", "--config", str(config), "--run", str(run), "--jobs", "1", check=True).stdout
+    assert "processes of" not in second
+    assert {k: v for k, v in digest(run).items() if not k.startswith("summary/")} == before
+    rows = json.loads((run / "summary" / "summary.json").read_text())
+    assert [r["model"] for r in rows] == ["base", "sft", "gft", "sft:gft"]
+
+
+def test_jobs_must_not_be_negative(tmp_path):
+    out = gft("run", "--run", str(tmp_path / "run"), "--jobs", "-1")
+    assert out.returncode == 2 and "jobs must be 0 (one per CPU core) or more" in out.stderr
+
+
+def test_a_failed_job_skips_the_jobs_that_need_it_and_the_rest_run():
+    from concurrent.futures import Future
+
+    from rich.console import Console
+
+    from gftrepro.errors import GftError
+    from gftrepro.parallel import Job, schedule
+
+    jobs = [Job("sft", 0, frozenset({"a"})), Job("sft:grpo", 0, frozenset({"a", "b"})),
+            Job("sft:grpo:gft", 0, frozenset({"a", "b", "c"})), Job("grpo", 0, frozenset({"d"}))]
+    ran = []
+
+    def submit(job):
+        ran.append(job.entry)
+        future = Future()
+        if job.entry == "sft":
+            future.set_exception(GftError("no room on the disk"))
+        else:
+            future.set_result(1.0)
+        return future
+
+    console = Console(record=True, width=200)
+    failed = schedule(jobs, 2, submit, console)
+    assert ran == ["sft", "grpo"]
+    assert failed == {0: "no room on the disk", 1: "skipped: sft seed 0", 2: "skipped: sft seed 0, sft:grpo seed 0"}
+    assert "failed sft seed 0: no room on the disk" in console.export_text()

@@ -1,0 +1,194 @@
+"""``gft run --jobs N``: the run's trainings and evaluations in N worker processes.
+
+A job is one entry (a method or a chain) trained and evaluated with one seed, or the base student's
+evaluation with one seed: the very functions the sequential loop of ``pipeline.run`` calls
+(``train_and_evaluate``, ``evaluate_base``), so a job writes the versions that loop would write, and the
+loop, run after the jobs, finds every one of them complete and only collects their results.
+
+Two jobs that would write the same version never run at once: each job lists what it writes that
+another job may also write (``holds``: the chain prefixes it trains, by resolved train config and
+seed, and the groups an offline group link rebuilds), and a job starts only when every earlier job that
+holds one of the same things has finished, after which it finds that work done and reuses it
+(``sft:grpo`` waits for ``sft``; ``gft-online@ratio=4:4``, the same training as ``gft-online``, for
+``gft-online``).
+
+The machine's cores are shared out: each worker runs ``cores // N`` threads (at least 1). Small models
+gain most: their steps are too small to keep two threads busy, so two one-thread processes do more work
+than one two-thread process (``benchmarks/RESULTS.md`` has the figures). Thread counts change the order
+of floating-point sums, so a number may differ in its last digits from a ``--jobs 1`` run; the versions
+are the same. A failed job is reported in one line and the jobs that need it are skipped; the others
+run on, and the run then stops with an error naming them (what finished is kept; rerun to resume).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from gftrepro import config as cfg
+from gftrepro.entries import chain
+from gftrepro.errors import GftError
+
+
+@dataclass(frozen=True)
+class Job:
+    entry: str | None  # None: the base student's evaluation
+    seed: int
+    holds: frozenset  # what it writes that another job may also write
+
+    @property
+    def label(self) -> str:
+        return f"{self.entry or 'base'} seed {self.seed}"
+
+
+def holds(stages: dict[str, Any], entry: str, seed: int) -> frozenset:
+    """The chain prefixes ``entry`` trains with ``seed`` (each link by its resolved train config and group
+    settings), and the groups its offline group links rebuild (from the base student: shared by every seed)."""
+    from gftrepro.pipeline import train_config_for
+
+    out: set[tuple] = set()
+    prefix: tuple = (seed,)
+    for link in chain(entry):
+        if not link.online and (len(prefix) > 1 or link.groups):
+            out.add(("groups", prefix if len(prefix) > 1 else "base student", link.groups))
+        trained = json.dumps(cfg.to_dict(train_config_for(stages, link)), sort_keys=True, default=str)
+        prefix = (*prefix, trained, link.groups)
+        out.add(prefix)
+    return frozenset(out)
+
+
+def plan_jobs(entries: list[str], stages: dict[str, Any], seeds: range) -> list[Job]:
+    jobs = []
+    for seed in seeds:
+        jobs.append(Job(None, seed, frozenset({("base", seed)})))
+        jobs.extend(Job(entry, seed, holds(stages, entry, seed)) for entry in entries)
+    return jobs
+
+
+def waits_for(jobs: list[Job]) -> list[set[int]]:
+    """For each job, the earlier jobs it must wait for (they hold something it holds)."""
+    return [{i for i in range(j) if jobs[i].holds & jobs[j].holds} for j in range(len(jobs))]
+
+
+def worker_count(jobs: int) -> tuple[int, int]:
+    """(processes, threads each) for ``jobs`` (0 = one per core)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = jobs or cores
+    return workers, max(1, cores // workers)
+
+
+def start_worker(threads: int) -> None:
+    import torch
+
+    from gftrepro.cli import quiet_libraries
+
+    torch.set_num_threads(threads)
+    quiet_libraries()
+
+
+def work(job: Job, stages: dict[str, Any], run_dir: Path, groups: dict, teacher_version: str, rounds: int) -> float:
+    from gftrepro import pipeline
+
+    started, console = time.perf_counter(), Console(quiet=True)
+    if job.entry is None:
+        pipeline.evaluate_base(stages, run_dir, job.seed, console)
+    else:
+        pipeline.train_and_evaluate(stages, run_dir, job.entry, job.seed, groups, teacher_version, rounds, console)
+    return time.perf_counter() - started
+
+
+def run_units(config, stages: dict[str, Any], run_dir: Path, seeds: range, groups: dict, teacher_version: str,
+              console: Console) -> None:
+    """Every job of the run, ``config.jobs`` at a time, each once the jobs it waits for have finished."""
+    import torch
+
+    if torch.cuda.is_available():
+        raise GftError("--jobs runs several processes on this machine's CPU cores; with a GPU use --jobs 1 (and "
+                       "torchrun for several GPUs)")
+    jobs = plan_jobs(config.methods, stages, seeds)
+    workers, threads = worker_count(config.jobs)
+    console.print(f"  {len(jobs)} jobs (entries x seeds and the base evaluations) in {workers} processes of "
+                  f"{threads} thread{'s' if threads > 1 else ''}", highlight=False)
+    with worker_pool(workers, threads) as pool:
+        failed = schedule(jobs, workers, lambda job: pool.submit(work, job, stages, run_dir, groups, teacher_version,
+                                                                  config.rounds), console)
+    if failed:
+        first = min(failed)
+        raise GftError(f"{len(failed)} of {len(jobs)} jobs did not finish (first: {jobs[first].label}: "
+                       f"{failed[first]}); finished work is kept: rerun to resume")
+
+
+@contextmanager
+def worker_pool(workers: int, threads: int) -> Iterator[ProcessPoolExecutor]:
+    """Spawned workers of ``threads`` threads each; on an interrupt they are stopped too (their finished
+    work is kept, their locks are stale and taken over by the next writer)."""
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update({k: str(threads) for k in saved})  # read by the workers' libraries as they start
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker,
+                               initargs=(threads,))
+    clean = False
+    try:
+        yield pool
+        clean = True
+    finally:
+        if not clean:
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+        pool.shutdown(wait=clean, cancel_futures=True)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def schedule(jobs: list[Job], workers: int, submit: Callable[[Job], Future], console: Console) -> dict[int, str]:
+    """Run the jobs, at most ``workers`` at once, each after the earlier jobs it waits for; a job whose
+    prerequisite failed is skipped. Returns {job: why it did not finish}."""
+    needs = waits_for(jobs)
+    done: set[int] = set()
+    failed: dict[int, str] = {}
+    running: dict[Future, int] = {}
+    waiting = list(range(len(jobs)))
+    while waiting or running:
+        for j in list(waiting):
+            blocked = needs[j] - done
+            if blocked & set(failed):  # a job it needs failed (or was skipped)
+                failed[j] = "skipped: " + ", ".join(jobs[i].label for i in sorted(blocked & set(failed)))
+                waiting.remove(j)
+            elif not blocked and len(running) < workers:
+                running[submit(jobs[j])] = j
+                waiting.remove(j)
+        if running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                j = running.pop(future)
+                seconds, problem = outcome(future)
+                if problem:
+                    failed[j] = problem
+                    console.print(f"  [red]failed[/red] {jobs[j].label}: {problem}", highlight=False)
+                else:
+                    done.add(j)
+                    console.print(f"  [{len(done)}/{len(jobs)}] {jobs[j].label} ({seconds:.0f} s)", highlight=False)
+    return failed
+
+
+def outcome(future: Future) -> tuple[float, str]:
+    """(seconds, '') for a finished job, (0, one line) for a failed one."""
+    try:
+        return future.result(), ""
+    except GftError as e:
+        return 0.0, str(e)
+    except Exception as e:  # noqa: BLE001 - reported per job; --jobs 1 shows the traceback
+        line = str(e).splitlines()[0] if str(e) else ""
+        return 0.0, f"{type(e).__name__}: {line} (rerun with --jobs 1 --debug for the traceback)"
