@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import inspect
-import logging
 import os
 import signal
 import sys
@@ -29,6 +28,7 @@ from rich.table import Table
 from gftrepro import config as cfg
 from gftrepro import store
 from gftrepro.errors import GftError
+from gftrepro.quiet import quiet_libraries
 
 DEFAULT_RUN = Path("outputs/default")
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -44,21 +44,6 @@ def main_options(debug: bool = typer.Option(False, "--debug", help="show traceba
     STATE["debug"] = STATE["debug"] or debug
     if verbose:
         os.environ["GFT_VERBOSE"] = "1"  # read by gftrepro.stage, inherited by launched processes
-
-
-def quiet_libraries() -> None:
-    """Silence library progress bars and warnings (called when a command runs, never at import)."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    logging.getLogger("accelerate").setLevel(logging.ERROR)  # e.g. its notice on tied weights at save_state
-    # where torchao is installed (the lowmem extra), transformers imports it on every model load: it logs one line
-    # per CUDA extension it cannot load (every CPU machine) and torch a deprecation notice per enum it registers
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def cut(text: str, limit: int = 1000) -> str:

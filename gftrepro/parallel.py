@@ -22,21 +22,16 @@ run on, and the run then stops with an error naming them (what finished is kept;
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
-from gftrepro import config as cfg
-from gftrepro.entries import chain
+from gftrepro.entries import Link, chain
 from gftrepro.errors import GftError
 
 
@@ -47,31 +42,35 @@ class Job:
     holds: frozenset  # what it writes that another job may also write
 
     @property
+    def weight(self) -> int:
+        """A rough cost, to start long jobs first: an evaluation 1, an offline link 1, an on-policy link 4
+        (it samples every step)."""
+        return 1 + sum(4 if link.online else 1 for link in chain(self.entry)) if self.entry else 1
+
+    @property
     def label(self) -> str:
         return f"{self.entry or 'base'} seed {self.seed}"
 
 
-def holds(stages: dict[str, Any], entry: str, seed: int) -> frozenset:
-    """The chain prefixes ``entry`` trains with ``seed`` (each link by its resolved train config and group
-    settings), and the groups its offline group links rebuild (from the base student: shared by every seed)."""
-    from gftrepro.pipeline import train_config_for
-
+def holds(entry: str, seed: int, resolve: Callable[[Link], str]) -> frozenset:
+    """The chain prefixes ``entry`` trains with ``seed`` (each link by ``resolve``: its resolved train config, and
+    its group settings), and the groups its offline group links rebuild (from the base student: every seed's)."""
     out: set[tuple] = set()
     prefix: tuple = (seed,)
     for link in chain(entry):
         if not link.online and (len(prefix) > 1 or link.groups):
             out.add(("groups", prefix if len(prefix) > 1 else "base student", link.groups))
-        trained = json.dumps(cfg.to_dict(train_config_for(stages, link)), sort_keys=True, default=str)
-        prefix = (*prefix, trained, link.groups)
+        prefix = (*prefix, resolve(link), link.groups)
         out.add(prefix)
     return frozenset(out)
 
 
-def plan_jobs(entries: list[str], stages: dict[str, Any], seeds: range) -> list[Job]:
+def plan_jobs(entries: list[str], seeds: range, resolve: Callable[[Link], str]) -> list[Job]:
+    """Per seed: the base evaluation, then every entry."""
     jobs = []
     for seed in seeds:
         jobs.append(Job(None, seed, frozenset({("base", seed)})))
-        jobs.extend(Job(entry, seed, holds(stages, entry, seed)) for entry in entries)
+        jobs.extend(Job(entry, seed, holds(entry, seed, resolve)) for entry in entries)
     return jobs
 
 
@@ -80,48 +79,46 @@ def waits_for(jobs: list[Job]) -> list[set[int]]:
     return [{i for i in range(j) if jobs[i].holds & jobs[j].holds} for j in range(len(jobs))]
 
 
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def worker_count(jobs: int) -> tuple[int, int]:
     """(processes, threads each) for ``jobs`` (0 = one per core)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = jobs or cores
-    return workers, max(1, cores // workers)
+    workers = jobs or cores()
+    return workers, max(1, cores() // workers)
 
 
 def start_worker(threads: int) -> None:
     import torch
 
-    from gftrepro.cli import quiet_libraries
+    from gftrepro.quiet import quiet_libraries
 
     torch.set_num_threads(threads)
     quiet_libraries()
 
 
-def work(job: Job, stages: dict[str, Any], run_dir: Path, groups: dict, teacher_version: str, rounds: int) -> float:
-    from gftrepro import pipeline
-
-    started, console = time.perf_counter(), Console(quiet=True)
-    if job.entry is None:
-        pipeline.evaluate_base(stages, run_dir, job.seed, console)
-    else:
-        pipeline.train_and_evaluate(stages, run_dir, job.entry, job.seed, groups, teacher_version, rounds, console)
-    return time.perf_counter() - started
-
-
-def run_units(config, stages: dict[str, Any], run_dir: Path, seeds: range, groups: dict, teacher_version: str,
-              console: Console) -> None:
-    """Every job of the run, ``config.jobs`` at a time, each once the jobs it waits for have finished."""
+def parallel(jobs: int) -> bool:
+    """Whether ``jobs`` runs worker processes: more than one, or 0 (one per core) on a machine with several
+    cores and no GPU. Several processes on one GPU are refused (torchrun spreads a training over GPUs)."""
     import torch
 
+    if jobs == 1 or (jobs == 0 and (cores() == 1 or torch.cuda.is_available())):
+        return False
     if torch.cuda.is_available():
-        raise GftError("--jobs runs several processes on this machine's CPU cores; with a GPU use --jobs 1 (and "
-                       "torchrun for several GPUs)")
-    jobs = plan_jobs(config.methods, stages, seeds)
-    workers, threads = worker_count(config.jobs)
+        raise GftError(f"--jobs {jobs} runs worker processes on this machine's CPU cores; with a GPU use --jobs 1 "
+                       "(and torchrun for several GPUs)")
+    return True
+
+
+def run_units(jobs: list[Job], count: int, work: Callable[[Job], float], console: Console) -> None:
+    """Every job, ``count`` worker processes at a time (0 = one per core), each once the jobs it waits for have
+    finished. ``work`` runs one job in a worker and returns its seconds (picklable: a module-level function)."""
+    workers, threads = worker_count(count)
     console.print(f"  {len(jobs)} jobs (entries x seeds and the base evaluations) in {workers} processes of "
                   f"{threads} thread{'s' if threads > 1 else ''}", highlight=False)
     with worker_pool(workers, threads) as pool:
-        failed = schedule(jobs, workers, lambda job: pool.submit(work, job, stages, run_dir, groups, teacher_version,
-                                                                  config.rounds), console)
+        failed = schedule(jobs, workers, lambda job: pool.submit(work, job), console)
     if failed:
         first = min(failed)
         raise GftError(f"{len(failed)} of {len(jobs)} jobs did not finish (first: {jobs[first].label}: "
@@ -159,7 +156,7 @@ def schedule(jobs: list[Job], workers: int, submit: Callable[[Job], Future], con
     done: set[int] = set()
     failed: dict[int, str] = {}
     running: dict[Future, int] = {}
-    waiting = list(range(len(jobs)))
+    waiting = sorted(range(len(jobs)), key=lambda j: (-jobs[j].weight, j))  # long jobs first, as they can start
     while waiting or running:
         for j in list(waiting):
             blocked = needs[j] - done

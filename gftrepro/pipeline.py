@@ -42,6 +42,9 @@ per method), ``passk.png`` (pass@k per method), printed as a table at the end.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,10 +193,13 @@ def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Conso
         for link in chain(entry):
             train_config_for(stages, link)
     seeds = seed_range(config, stages)
-    if config.jobs != 1:  # every (entry, seed) in worker processes first; the loop below then reuses them
-        from gftrepro.parallel import run_units
+    from gftrepro import parallel
 
-        run_units(config, stages, run_dir, seeds, groups, teacher["version"], console)
+    if parallel.parallel(config.jobs):  # every (entry, seed) in worker processes first; the loop below reuses them
+        jobs = parallel.plan_jobs(config.methods, seeds, lambda link: resolved(stages, link))
+        parallel.run_units(jobs, config.jobs, functools.partial(run_job, stages=stages, run_dir=run_dir, groups=groups,
+                                                                teacher_version=teacher["version"],
+                                                                rounds=config.rounds), console)
     results: dict[str, list[dict]] = {"base": []}
     curves: dict[str, list[dict]] = {}
     for seed in seeds:
@@ -221,6 +227,21 @@ def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Conso
         trackers.final(flat, {n: folder / f"{n}.png" for n in ("passk", "training", "forest")})
         trackers.close()
     return {"rows": rows, "claims": claims}
+
+
+def resolved(stages: dict[str, Any], link: Link) -> str:
+    """A link's train config as one string: two links with the same one train the same version."""
+    return json.dumps(cfg.to_dict(train_config_for(stages, link)), sort_keys=True, default=str)
+
+
+def run_job(job, stages: dict[str, Any], run_dir: Path, groups: dict, teacher_version: str, rounds: int) -> float:
+    """One job of ``gft run --jobs`` (``parallel.Job``), in a worker process, quietly; its seconds."""
+    started, console = time.perf_counter(), Console(quiet=True)
+    if job.entry is None:
+        evaluate_base(stages, run_dir, job.seed, console)
+    else:
+        train_and_evaluate(stages, run_dir, job.entry, job.seed, groups, teacher_version, rounds, console)
+    return time.perf_counter() - started
 
 
 def evaluate_base(stages: dict[str, Any], run_dir: Path, seed: int, console: Console) -> dict:

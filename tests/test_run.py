@@ -167,12 +167,12 @@ def test_jobs_that_would_write_the_same_version_wait_for_each_other():
     """--jobs: a chain waits for the job that trains its first link, an entry the same as another (4:4 is
     gft-online's own 1:3:4) waits for it, offline links rebuilding the same groups wait; nothing else does."""
     from gftrepro.parallel import plan_jobs, waits_for
-    from gftrepro.pipeline import stage_configs, train_config_for
+    from gftrepro.pipeline import resolved, stage_configs, train_config_for
 
     stages = stage_configs(None)
     entries = ["sft", "gft-online", "sft:grpo", "gft-online@ratio=4:4", "gft-online@ratio=2:6", "pear:grpo",
                "gft@n_self=2", "gft@n_self=2@lr=1e-5", "grpo"]
-    jobs = plan_jobs(entries, stages, range(2))
+    jobs = plan_jobs(entries, range(2), lambda link: resolved(stages, link))
     assert [(j.entry, j.seed) for j in jobs[:2]] == [(None, 0), ("sft", 0)] and len(jobs) == 2 * (1 + len(entries))
     index = {(j.entry, j.seed): i for i, j in enumerate(jobs)}
     needs = waits_for(jobs)
@@ -236,6 +236,6 @@ def test_a_failed_job_skips_the_jobs_that_need_it_and_the_rest_run():
 
     console = Console(record=True, width=200)
     failed = schedule(jobs, 2, submit, console)
-    assert ran == ["sft", "grpo"]
-    assert failed == {0: "no room on the disk", 1: "skipped: sft seed 0", 2: "skipped: sft seed 0, sft:grpo seed 0"}
+    assert ran == ["grpo", "sft"]  # the longer job (on-policy) first
+    assert failed == {0: "no room on the disk", 1: "skipped: sft seed 0", 2: "skipped: sft seed 0"}
     assert "failed sft seed 0: no room on the disk" in console.export_text()

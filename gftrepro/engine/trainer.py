@@ -199,7 +199,10 @@ class Trainer:
         return dict(self.net.state_dict())
 
     def micro_batches(self, mine: list[Example]) -> list[dict]:
+        """The step's examples cut into micro-batches of similar lengths (sorted by length, so little of each is
+        padding); the loss's denominators are the step's, so how the step is cut does not change its gradient."""
         size, device = self.config.micro_batch_size, self.accelerator.device
+        mine = sorted(mine, key=lambda e: len(e.ids))
         return [collate(mine[k : k + size], self.tokenizer.pad_token_id, device) for k in range(0, len(mine), size)]
 
     def global_tokens(self, mine: list[Example]) -> int:
