@@ -1,11 +1,17 @@
 """Generated tokens/s of the sampling backends on the embedded tiny teacher model.
 
     python benchmarks/sampling_throughput.py [--prompts 64] [--max-new-tokens 128] [--no-vllm]
+    python benchmarks/sampling_throughput.py loops [--prompts 64] [--n 32] [--rounds 2]
 
 Measures, on the same requests (one sample per prompt, temperature 1, per-sample seeds):
 hf batched (batch 64) vs hf one prompt at a time, and vllm vs hf batched. vLLM gets one
 warm-up call first (its first call compiles/allocates); start-up time is reported apart.
 Ratios are what to compare: absolute figures move with the machine and its load.
+
+``loops``: the hf backend's own decoding loop (``backends.decode``) against ``transformers`` ``generate``
+on evaluation's shape (the tiny student, n samples of each prompt, batch 256, 64 new tokens), in turn
+in one process, ``rounds`` times each; prints each one's seconds, the ratio, and whether the two gave
+the same tokens.
 """
 
 from __future__ import annotations
@@ -27,7 +33,45 @@ def measure(backend, requests, params) -> tuple[float, int]:
     return time.perf_counter() - t0, sum(len(s.token_ids) for s in out)
 
 
+def loops(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    from gftrepro.backends.hf import HFBackend
+
+    hf_logging.set_verbosity_error()
+    model = resolve_model("testbed:student")
+    tok = load_tokenizer(model)
+    problems = load_problems("testbed", "heldout", "problem", "solution", "answer", args.prompts)
+    questions, pids = (problems.table.column(c).to_pylist() for c in ("question", "prompt_id"))
+    requests = [Request(tok(format_prompt(tok, q, QWEN_MATH_COT, "auto"), add_special_tokens=False)["input_ids"],
+                        sample_seed(0, pid, j)) for q, pid in zip(questions, pids, strict=True) for j in range(args.n)]
+    params = SamplingParams(1.0, 1.0, 64, stop_token_ids(tok, model.path, ["<|im_end|>", "<|endoftext|>"]), False)
+    backend = HFBackend(model, tok, batch_size=256, device="cpu")
+    seconds: dict[str, list[float]] = {"transformers": [], "own": []}
+    tokens: dict[str, list[list[int]]] = {}
+    for _ in range(args.rounds):
+        for loop in seconds:
+            backend.loop = loop
+            t0 = time.perf_counter()
+            tokens[loop] = [s.token_ids for s in backend.generate(requests, params, lambda *_: None)]
+            seconds[loop].append(time.perf_counter() - t0)
+    print(f"{args.prompts} prompts x {args.n} samples, batch 256, tiny student, {os.cpu_count()} cores")
+    for loop, values in seconds.items():
+        print(f"{loop:<14}" + " ".join(f"{v:.2f}s" for v in values) + f"   {sum(map(len, tokens[loop])):,} tokens")
+    print(f"ratio transformers / own: {min(seconds['transformers']) / min(seconds['own']):.2f}x (best of each); "
+          f"same tokens: {tokens['own'] == tokens['transformers']}")
+
+
 def main() -> None:
+    import sys
+
+    if sys.argv[1:2] == ["loops"]:
+        return loops(sys.argv[2:])
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=128)

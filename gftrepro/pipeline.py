@@ -36,7 +36,11 @@ N_demo:N_sample (D expert slots, no teacher, S self). Each entry is trained, eva
 like a method, and usable in chains (``sft:gft-online@ratio=2:6:grpo``).
 
 Output: ``<run>/summary/summary.md`` (the table), ``training.png`` (loss and entropy per step,
-per method), ``passk.png`` (pass@k per method), printed as a table at the end.
+per method), ``passk.png`` (pass@k per method), printed as a table at the end; ``paper-tables.md``
+(one table per table and figure of the paper the run has entries for, ``gftrepro.paper_tables``), with
+``tau.png`` and ``ratio.png`` when the run has a tau sweep or group ratios.
+
+``--jobs N`` runs the entries x seeds in N worker processes first (``gftrepro.parallel``).
 """
 
 from __future__ import annotations
@@ -212,6 +216,9 @@ def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Conso
     signal_share = groups["summary"]["groups_out"] / max(groups["summary"]["prompts_in"], 1)
     rows = summary_rows(results, signal_share)
     write_outputs(run_dir / "summary", rows, results, curves, config)
+    from gftrepro import paper_tables
+
+    paper_tables.write(run_dir / "summary", rows)
     for table in summary_tables(rows, config):
         console.print(table)
     from gftrepro import report

@@ -139,3 +139,26 @@ def forest_plot(claims: list[dict], path: Path) -> None:
                      "inconclusive)", fontsize=8)
         ax.grid(axis="x", alpha=0.3)
     save(plt, fig, path)
+
+
+def setting_plot(by_value: dict[str, dict], label: str, path: Path, line: bool) -> None:
+    """Pass@1 and pass@k at the largest k (mean ± std over seeds, %) against one setting's values (the
+    tau curve: ``line``; the group-ratio bars otherwise); ``by_value``: {value: summary row}."""
+    plt = pyplot()
+    first = next(iter(by_value.values()))
+    k = max((int(key.split("@")[1]) for key in first if key.startswith("pass@")), default=1)
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    xs = list(range(len(by_value)))
+    for shift, metric in ((-0.2, "pass@1"), (0.2, f"pass@{k}")):
+        means = [100 * (r.get(metric) or (0.0, None))[0] for r in by_value.values()]
+        stds = [100 * ((r.get(metric) or (0.0, None))[1] or 0.0) for r in by_value.values()]
+        if line:
+            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=metric)
+        else:
+            ax.bar([x + shift for x in xs], means, width=0.4, yerr=stds, capsize=3, label=metric)
+    ax.set_xticks(xs, list(by_value))
+    ax.set_xlabel(label)
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    save(plt, fig, path)

@@ -61,6 +61,9 @@ def run_values(r: dict) -> dict[str, float]:
         kls = [m["kl_ref"] for m in r["train"] if "kl_ref" in m]
         if kls:
             out["kl_to_base"] = kls[-1]
+        rectified = [m["rectified_share"] for m in r["train"] if "rectified_share" in m]
+        if rectified:  # tokens below tau, the mean over every step (paper Figure 6)
+            out["rectified_share"] = float(np.mean(rectified))
     out.update({f"{b}/{k}": v for b, m in benches.items() for k, v in m.items() if k.startswith(("avg@", "pass@"))})
     return out
 
