@@ -164,8 +164,12 @@ def schedule(jobs: list[Job], workers: int, submit: Callable[[Job], Future], con
                 failed[j] = "skipped: " + ", ".join(jobs[i].label for i in sorted(blocked & set(failed)))
                 waiting.remove(j)
             elif not blocked and len(running) < workers:
-                running[submit(jobs[j])] = j
                 waiting.remove(j)
+                try:
+                    running[submit(jobs[j])] = j
+                except Exception as e:  # noqa: BLE001 - e.g. the pool broke: a worker was killed (out of memory?)
+                    failed[j] = f"{type(e).__name__}: {e}"
+                    console.print(f"  [red]failed[/red] {jobs[j].label}: {failed[j]}", highlight=False)
         if running:
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:

@@ -239,3 +239,24 @@ def test_a_failed_job_skips_the_jobs_that_need_it_and_the_rest_run():
     assert ran == ["grpo", "sft"]  # the longer job (on-policy) first
     assert failed == {0: "no room on the disk", 1: "skipped: sft seed 0", 2: "skipped: sft seed 0"}
     assert "failed sft seed 0: no room on the disk" in console.export_text()
+
+
+def test_a_job_the_pool_cannot_take_is_counted_failed():
+    """A broken pool (a worker killed, e.g. out of memory) fails the jobs it cannot take, in one line each."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from rich.console import Console
+
+    from gftrepro.parallel import Job, schedule
+
+    def submit(job):
+        if job.entry == "grpo":
+            raise BrokenProcessPool("A child process terminated abruptly")
+        future = Future()
+        future.set_result(2.0)
+        return future
+
+    jobs = [Job("grpo", 0, frozenset({"g"})), Job("grpo:sft", 0, frozenset({"g", "s"})), Job("sft", 0, frozenset())]
+    failed = schedule(jobs, 1, submit, Console(quiet=True))
+    assert failed == {0: "BrokenProcessPool: A child process terminated abruptly", 1: "skipped: grpo seed 0"}
