@@ -6,11 +6,12 @@ evaluation with one seed: the very functions the sequential loop of ``pipeline.r
 loop, run after the jobs, finds every one of them complete and only collects their results.
 
 Two jobs that would write the same version never run at once: each job lists what it writes that
-another job may also write (``holds``: the chain prefixes it trains, by resolved train config and
-seed, and the groups an offline group link rebuilds), and a job starts only when every earlier job that
-holds one of the same things has finished, after which it finds that work done and reuses it
-(``sft:grpo`` waits for ``sft``; ``gft-online@ratio=4:4``, the same training as ``gft-online``, for
-``gft-online``).
+another job may also write (``holds``: the chain prefixes it trains, each link by its resolved train
+and groups configs, and the groups a later offline link rebuilds from the previous link's model), and
+a job starts only when, for each of them, the first job that holds it has finished, after which it
+finds that work done and reuses it (``sft:grpo`` waits for ``sft``; ``gft-online@ratio=4:4``, the
+same training as ``gft-online``, for ``gft-online``). The groups a first offline link rebuilds from the
+base student (``gft@n_self=2``, every seed's) are built before the jobs start.
 
 The machine's cores are shared out: each worker runs ``cores // N`` threads (at least 1). Small models
 gain most: their steps are too small to keep two threads busy, so two one-thread processes do more work
@@ -52,20 +53,22 @@ class Job:
         return f"{self.entry or 'base'} seed {self.seed}"
 
 
-def holds(entry: str, seed: int, resolve: Callable[[Link], str]) -> frozenset:
-    """The chain prefixes ``entry`` trains with ``seed`` (each link by ``resolve``: its resolved train config, and
-    its group settings), and the groups its offline group links rebuild (from the base student: every seed's)."""
+def holds(entry: str, seed: int, resolve: Callable[[Link], tuple[str, str]]) -> frozenset:
+    """The chain prefixes ``entry`` trains with ``seed``, each link by ``resolve`` (what it trains: its train
+    config and groups config), and the groups its offline links after the first rebuild from the previous
+    link's model. (A first link's groups come from the base student: the run builds them before the jobs.)"""
     out: set[tuple] = set()
     prefix: tuple = (seed,)
     for link in chain(entry):
-        if not link.online and (len(prefix) > 1 or link.groups):
-            out.add(("groups", prefix if len(prefix) > 1 else "base student", link.groups))
-        prefix = (*prefix, resolve(link), link.groups)
+        trained, groups = resolve(link)
+        if not link.online and len(prefix) > 1:
+            out.add(("groups", prefix, groups))
+        prefix = (*prefix, trained, groups)
         out.add(prefix)
     return frozenset(out)
 
 
-def plan_jobs(entries: list[str], seeds: range, resolve: Callable[[Link], str]) -> list[Job]:
+def plan_jobs(entries: list[str], seeds: range, resolve: Callable[[Link], tuple[str, str]]) -> list[Job]:
     """Per seed: the base evaluation, then every entry."""
     jobs = []
     for seed in seeds:
@@ -75,8 +78,13 @@ def plan_jobs(entries: list[str], seeds: range, resolve: Callable[[Link], str]) 
 
 
 def waits_for(jobs: list[Job]) -> list[set[int]]:
-    """For each job, the earlier jobs it must wait for (they hold something it holds)."""
-    return [{i for i in range(j) if jobs[i].holds & jobs[j].holds} for j in range(len(jobs))]
+    """For each job, the jobs it must wait for: for each thing it holds, the first job that holds it (that
+    job writes it; once it has finished, the others only read it, and may run side by side)."""
+    owner: dict[tuple, int] = {}
+    for j, job in enumerate(jobs):
+        for key in job.holds:
+            owner.setdefault(key, j)
+    return [{owner[key] for key in job.holds} - {j} for j, job in enumerate(jobs)]
 
 
 def cores() -> int:

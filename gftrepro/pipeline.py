@@ -200,6 +200,7 @@ def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Conso
     from gftrepro import parallel
 
     if parallel.parallel(config.jobs):  # every (entry, seed) in worker processes first; the loop below reuses them
+        first_groups(config, stages, run_dir, teacher["version"], console)
         jobs = parallel.plan_jobs(config.methods, seeds, lambda link: resolved(stages, link))
         parallel.run_units(jobs, config.jobs, functools.partial(run_job, stages=stages, run_dir=run_dir, groups=groups,
                                                                 teacher_version=teacher["version"],
@@ -236,9 +237,27 @@ def run(config: RunConfig, stages: dict[str, Any], run_dir: Path, console: Conso
     return {"rows": rows, "claims": claims}
 
 
-def resolved(stages: dict[str, Any], link: Link) -> str:
-    """A link's train config as one string: two links with the same one train the same version."""
-    return json.dumps(cfg.to_dict(train_config_for(stages, link)), sort_keys=True, default=str)
+def resolved(stages: dict[str, Any], link: Link) -> tuple[str, str]:
+    """What a link trains, as (train, groups): its train config's versioned keys, and for an offline link
+    the build-groups config its groups are built with ('' on-policy). Two links with the same pair train
+    the same version from the same start (``gft@n_self=4`` is ``gft``; ``@micro_batch_size=`` changes
+    nothing)."""
+    train = json.dumps(cfg.versioned_dict(train_config_for(stages, link)), sort_keys=True, default=str)
+    if link.online:
+        return train, ""
+    groups = cfg.versioned_dict(dataclasses.replace(stages["build-groups"], **dict(link.groups)))
+    return train, json.dumps(groups, sort_keys=True, default=str)
+
+
+def first_groups(config: RunConfig, stages: dict[str, Any], run_dir: Path, teacher_version: str,
+                 console: Console) -> None:
+    """The groups every entry's first offline link rebuilds from the base student (its build-groups
+    settings), built before ``--jobs`` starts: several seeds' jobs need them, none has to wait for another."""
+    student = stages["sample-self"].model
+    for entry in config.methods:
+        link = chain(entry)[0]
+        if not link.online and link.groups:
+            make_groups(stages, run_dir, teacher_version, student, student, console, link.groups)
 
 
 def run_job(job, stages: dict[str, Any], run_dir: Path, groups: dict, teacher_version: str, rounds: int) -> float:

@@ -111,13 +111,19 @@ def test_own_loop_gives_the_tokens_generate_gives(backend):
     assert reasons == {"stop", "length"}  # rows left the batch early, and some ran to the cap
 
 
-def test_models_with_sliding_windows_keep_generate():
+def test_models_with_sliding_windows_or_logits_processors_keep_generate():
     from types import SimpleNamespace
+
+    from transformers import GenerationConfig
 
     from gftrepro.backends.decode import supported
 
-    def model(**config):
-        return SimpleNamespace(config=SimpleNamespace(**config))
+    def model(generation=None, **config):
+        return SimpleNamespace(config=SimpleNamespace(**config), generation_config=generation or GenerationConfig())
+
+    assert supported(model(GenerationConfig(temperature=0.7, top_p=0.8, top_k=20), num_hidden_layers=2))
+    assert not supported(model(GenerationConfig(repetition_penalty=1.05), num_hidden_layers=2))  # Qwen2.5-Instruct's
+    assert not supported(model(GenerationConfig(suppress_tokens=[3]), num_hidden_layers=2))
 
     assert supported(model(num_hidden_layers=2))
     assert supported(model(layer_types=["full_attention"] * 2, sliding_window=4096, use_sliding_window=False))

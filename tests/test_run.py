@@ -164,28 +164,33 @@ def test_budget_is_a_run_setting_prompts_or_trajectories():
 
 
 def test_jobs_that_would_write_the_same_version_wait_for_each_other():
-    """--jobs: a chain waits for the job that trains its first link, an entry the same as another (4:4 is
-    gft-online's own 1:3:4) waits for it, offline links rebuilding the same groups wait; nothing else does."""
+    """--jobs: a chain waits for the job that trains its first link; an entry that is the same training as
+    another (4:4 is gft-online's own 1:3:4, n_self=4 gft's own, micro_batch_size is not versioned) waits for
+    it; later offline links that rebuild the same groups from the same model wait; nothing else does (the
+    groups a first link rebuilds from the base student are built before the jobs)."""
     from gftrepro.parallel import plan_jobs, waits_for
     from gftrepro.pipeline import resolved, stage_configs, train_config_for
 
     stages = stage_configs(None)
-    entries = ["sft", "gft-online", "sft:grpo", "gft-online@ratio=4:4", "gft-online@ratio=2:6", "pear:grpo",
-               "gft@n_self=2", "gft@n_self=2@lr=1e-5", "grpo"]
+    entries = ["sft", "gft", "gft-online", "sft:grpo", "gft-online@ratio=4:4", "gft-online@ratio=2:6", "pear:grpo",
+               "gft@n_self=2", "gft@n_self=2@lr=1e-5", "gft@n_self=4", "gft-online@micro_batch_size=16",
+               "sft:gft", "sft:gft@lr=1e-5", "grpo"]
     jobs = plan_jobs(entries, range(2), lambda link: resolved(stages, link))
     assert [(j.entry, j.seed) for j in jobs[:2]] == [(None, 0), ("sft", 0)] and len(jobs) == 2 * (1 + len(entries))
     index = {(j.entry, j.seed): i for i, j in enumerate(jobs)}
     needs = waits_for(jobs)
 
     def waits(entry, seed=0):
-        return {(jobs[i].entry, jobs[i].seed) for i in needs[index[(entry, seed)]]}
+        return {jobs[i].entry for i in needs[index[(entry, seed)]]}
 
-    assert waits("sft:grpo") == {("sft", 0)}
-    assert waits("gft-online@ratio=4:4") == {("gft-online", 0)}
+    assert waits("sft:grpo") == {"sft"}
+    assert waits("gft-online@ratio=4:4") == {"gft-online"}
     assert train_config_for(stages, "gft-online@ratio=4:4") == train_config_for(stages, "gft-online")
-    assert waits("gft@n_self=2@lr=1e-5") == {("gft@n_self=2", 0)}  # the same rebuilt groups
-    assert waits("gft@n_self=2", 1) == {("gft@n_self=2", 0), ("gft@n_self=2@lr=1e-5", 0)}  # groups: every seed's
-    for entry in ("sft", "gft-online", "gft-online@ratio=2:6", "pear:grpo", "grpo"):
+    assert waits("gft@n_self=4") == {"gft"} and waits("gft-online@micro_batch_size=16") == {"gft-online"}
+    assert waits("sft:gft") == {"sft"}  # not sft:grpo: once sft is trained, the two only read it
+    assert waits("sft:gft@lr=1e-5") == {"sft", "sft:gft"}  # the groups sft:gft rebuilds from sft's model
+    for entry in ("sft", "gft", "gft-online", "gft-online@ratio=2:6", "pear:grpo", "grpo", "gft@n_self=2",
+                  "gft@n_self=2@lr=1e-5"):
         assert waits(entry) == set() and waits(entry, 1) == set(), entry
     assert needs[index[(None, 1)]] == set()
 

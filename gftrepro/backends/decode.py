@@ -13,12 +13,14 @@ backend's seeded sampler, with three kinds of work left out.
 
 A row's draws come from its own seeded uniforms (``hf.row_uniforms``), so which rows share its batch or
 when the batch shrinks does not change them; ``tests/test_hf_backend.py`` checks that this loop gives
-the very tokens ``generate`` gives. Models with sliding-window or non-attention layers keep ``generate``
-(``supported``).
+the very tokens ``generate`` gives (on CPU; on a GPU, kernels chosen by batch shape may differ in their
+last bits). Models with sliding-window or non-attention layers, or whose generation config adds logits
+processors (a repetition penalty, say), keep ``generate`` (``supported``).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -27,13 +29,25 @@ from transformers.cache_utils import Cache, DynamicLayer
 Draw = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scores [B, V], uniforms [B]) -> tokens [B]
 
 
+# generation-config settings that make ``generate`` add a logits processor before the sampler's; with any of
+# them set (Qwen2.5-Instruct's repetition_penalty 1.05, say) the model keeps ``generate``, which applies them
+PROCESSORS = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+              "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "min_length": 0, "min_new_tokens": 0,
+              "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None,
+              "forced_bos_token_id": None, "forced_eos_token_id": None, "exponential_decay_length_penalty": None,
+              "guidance_scale": 1.0, "watermarking_config": None, "constraints": None, "force_words_ids": None}
+
+
 def supported(model) -> bool:
-    """A decoder whose every layer is full attention (Llama, Qwen2, SmolLM2, the testbed models)."""
+    """A decoder whose every layer is full attention (Llama, Qwen2, SmolLM2, the testbed models) and whose
+    generation config adds no logits processor (so ``generate`` would sample exactly as this loop does)."""
     config = model.config
     kinds = set(getattr(config, "layer_types", None) or ["full_attention"])
     window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+    generation = getattr(model, "generation_config", None)
+    extra = [k for k, neutral in PROCESSORS.items() if getattr(generation, k, None) not in (None, neutral, [], {})]
     return (kinds == {"full_attention"} and not window and not getattr(config, "is_encoder_decoder", False)
-            and getattr(model, "_supports_cache_class", True) is not False)
+            and not getattr(model, "_is_stateful", False) and not extra)
 
 
 class GrowingLayer(DynamicLayer):
@@ -76,15 +90,18 @@ def decode(model, prompts: list[list[int]], rows: list[int], uniforms: torch.Ten
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     positions = (mask.cumsum(-1) - 1).clamp_(min=0)
-    cache = Cache(layers=[GrowingLayer(cap) for _ in range(model.config.num_hidden_layers)])
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+    layers = model.config.get_text_config().num_hidden_layers
+    cache = Cache(layers=[GrowingLayer(cap) for _ in range(layers)])
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    scores = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                   **last_only).logits[:, -1]
     index = torch.tensor(rows, device=device)
-    scores = out.logits[:, -1].index_select(0, index)
+    scores = scores.index_select(0, index)
     cache.reorder_cache(index)
     mask, last = mask.index_select(0, index), positions[:, -1].index_select(0, index)
     live = torch.arange(len(rows), device=device)  # request of each batch row
     finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
-    stops = torch.tensor(stop_ids, device=device)
+    stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
     steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []  # (requests, tokens, log-probs)
     for t in range(cap):
         scores = scores.float()
@@ -102,7 +119,7 @@ def decode(model, prompts: list[list[int]], rows: list[int], uniforms: torch.Ten
         mask = torch.cat([mask, mask.new_ones(len(live), 1)], 1)
         last = last + 1
         scores = model(input_ids=choice[:, None], attention_mask=mask, position_ids=last[:, None],
-                       past_key_values=cache, use_cache=True).logits[:, -1]
+                       past_key_values=cache, use_cache=True, **last_only).logits[:, -1]
     tokens: list[list[int]] = [[] for _ in rows]
     logprobs: list[list[float]] | None = [[] for _ in rows] if record else None
     for who, chosen, lp in steps:
