@@ -161,10 +161,14 @@ def schedule(jobs: list[Job], workers: int, submit: Callable[[Job], Future], con
     """Run the jobs, at most ``workers`` at once, each after the earlier jobs it waits for; a job whose
     prerequisite failed is skipped. Returns {job: why it did not finish}."""
     needs = waits_for(jobs)
+    path = [job.weight for job in jobs]  # a job's weight and the longest chain of jobs waiting on it
+    for j in reversed(range(len(jobs))):  # a job waits only on earlier ones
+        for i in needs[j]:
+            path[i] = max(path[i], jobs[i].weight + path[j])
     done: set[int] = set()
     failed: dict[int, str] = {}
     running: dict[Future, int] = {}
-    waiting = sorted(range(len(jobs)), key=lambda j: (-jobs[j].weight, j))  # long jobs first, as they can start
+    waiting = sorted(range(len(jobs)), key=lambda j: (-path[j], j))  # the longest chains of work first
     while waiting or running:
         for j in list(waiting):
             blocked = needs[j] - done

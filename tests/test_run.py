@@ -241,8 +241,8 @@ def test_a_failed_job_skips_the_jobs_that_need_it_and_the_rest_run():
 
     console = Console(record=True, width=200)
     failed = schedule(jobs, 2, submit, console)
-    assert ran == ["grpo", "sft"]  # the longer job (on-policy) first
-    assert failed == {0: "no room on the disk", 1: "skipped: sft seed 0", 2: "skipped: sft seed 0"}
+    assert ran == ["sft", "grpo"]  # sft first: the longest chain of work (two chains) waits on it
+    assert failed == {0: "no room on the disk", 1: "skipped: sft seed 0", 2: "skipped: sft seed 0, sft:grpo seed 0"}
     assert "failed sft seed 0: no room on the disk" in console.export_text()
 
 
