@@ -101,6 +101,7 @@ class MLflow:
         new = "mlflow" not in state
         self.run_id = state.get("mlflow") or self.client.create_run(exp_id, run_name=name).info.run_id
         state["mlflow"] = self.run_id
+        self.boundary: tuple[int, set[str]] = (-1, set())
         if new and config:  # params are immutable in MLflow: a resumed run already has them
             from mlflow.entities import Param
 
@@ -112,16 +113,23 @@ class MLflow:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(mlflow_name(k), v, now, step) for k, v in metrics.items()])
+        held = self.boundary[1] if step == self.boundary[0] else set()  # a step a kill left half-written
+        self.client.log_batch(self.run_id, metrics=[Metric(mlflow_name(k), v, now, step) for k, v in metrics.items()
+                                                    if mlflow_name(k) not in held])
 
     def image(self, name: str, path: Path, step: int) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path="plots")
 
     def floor(self) -> int | None:
-        """The last step the run holds (a resumed run skips to after it)."""
+        """The step before the last one the run holds: the file store writes a batch one metric at a time, so
+        a kill can leave the last step half-written; it is sent again, without the keys it already holds."""
         keys = list(self.client.get_run(self.run_id).data.metrics)
-        return max((m.step for m in self.client.get_metric_history(self.run_id, keys[0])), default=None) if keys \
-            else None
+        last = {k: max((m.step for m in self.client.get_metric_history(self.run_id, k)), default=-1) for k in keys}
+        if not last:
+            return None
+        top = max(last.values())
+        self.boundary = (top, {k for k, step in last.items() if step == top})
+        return top - 1
 
     def close(self, finished: bool) -> None:
         if finished:
