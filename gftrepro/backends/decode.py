@@ -105,7 +105,7 @@ def decode(model, prompts: list[list[int]], rows: list[int], uniforms: torch.Ten
     steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []  # (requests, tokens, log-probs)
     for t in range(cap):
         scores = scores.float()
-        choice = draw(scores, uniforms.index_select(0, live.cpu())[:, t].to(device))
+        choice = draw(scores, uniforms[:, t].index_select(0, live.cpu()).to(device))  # step t's, live rows'
         logp = torch.log_softmax(scores, -1).gather(1, choice[:, None]).squeeze(1) if record else None
         open_rows = ~finished
         steps.append((live[open_rows], choice[open_rows], logp[open_rows] if record else None))

@@ -97,7 +97,8 @@ class HFBackend:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         # "own": backends.decode's loop (the same tokens, less work); "transformers": generate, for models
-        # the own loop does not cover (sliding windows, non-attention layers)
+        # the own loop does not cover (sliding windows, non-attention layers, logits processors in the
+        # generation config: decode.supported)
         self.loop = "own" if supported(self.model) else "transformers"
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30)
 
