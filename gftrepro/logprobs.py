@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from gftrepro.prefix import can_share, scored_hidden
+
 
 class ChunkedTokenLogprob(torch.autograd.Function):
     """log p(target) per token through the LM head, one chunk of tokens at a time.
@@ -196,12 +198,13 @@ class Policy(nn.Module):
     (Llama, Qwen2, Mistral); models with logit soft-capping or scaling are refused.
     """
 
-    def __init__(self, model: nn.Module, chunk: int = 512):
+    def __init__(self, model: nn.Module, chunk: int = 512, share_prompts: bool = False):
         super().__init__()
         for key in ("final_logit_softcapping", "logit_scale"):
             if getattr(model.config, key, None):
                 raise ValueError(f"models with {key} are not supported by the chunked log-prob path")
         self.model, self.chunk = model, chunk
+        self.share_prompts = share_prompts and can_share(model)  # gftrepro.prefix: a group's prompt encoded once
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
                 with_entropy: bool = False, objective: Any = None) -> tuple[torch.Tensor, ...]:
@@ -210,9 +213,8 @@ class Policy(nn.Module):
         Returns log-probs and entropies [B, T] (zeros where ``response_mask`` is 0). Given a
         ``losses.TokenObjective`` over the same [B, T], returns (loss, log-probs, entropies) instead,
         from the fused pass (``FusedTokenLoss``): the loss carries the gradient, the rest do not."""
-        hidden = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         sel = response_mask[:, 1:].bool()  # [B, T-1]: position t-1 predicts token t
-        h = hidden[:, :-1][sel]  # [N, H]
+        h = scored_hidden(self.model, input_ids, attention_mask, response_mask, self.share_prompts)  # [N, H]
         targets = input_ids[:, 1:][sel]  # [N]
         pad = torch.zeros_like(response_mask[:, :1], dtype=torch.bool)
         where = torch.cat([pad, sel], dim=1)  # [B, T]: scores sit at the scored token's position
@@ -231,11 +233,10 @@ def scatter_tokens(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def token_kl(policy_model: nn.Module, ref_model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-             response_mask: torch.Tensor, chunk: int = 1024) -> tuple[float, int]:
+             response_mask: torch.Tensor, chunk: int = 1024, share_prompts: bool = False) -> tuple[float, int]:
     """Sum over response tokens of KL(pi_theta || pi_ref) (full vocabulary), and the token count."""
-    sel = response_mask[:, 1:].bool()
-    h = policy_model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1][sel]
-    r = ref_model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1][sel]
+    h, r = (scored_hidden(m, input_ids, attention_mask, response_mask, share_prompts and can_share(m))
+            for m in (policy_model, ref_model))
     w, wr = policy_model.get_output_embeddings().weight, ref_model.get_output_embeddings().weight
     total = 0.0
     for start in range(0, h.shape[0], chunk):

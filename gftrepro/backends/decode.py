@@ -1,5 +1,5 @@
 """The hf backend's own decoding loop: the same tokens as ``transformers`` ``generate`` with the
-backend's seeded sampler, with three kinds of work left out.
+backend's seeded sampler, with four kinds of work left out.
 
 1. **A prompt is encoded once per batch.** Evaluation asks for n samples of each problem, on-policy
    training for K of each prompt: the batch's distinct prompts go through the model once (left-padded)
@@ -10,6 +10,11 @@ backend's seeded sampler, with three kinds of work left out.
 3. **Finished rows leave the batch**: once a row has drawn a stop token it is dropped from the cache and
    the batch (when at least an eighth of the live rows have finished, so the cache is not copied every
    step), instead of being decoded on to the batch's longest sample.
+4. **A shared prompt's keys and values are stored once** (``SharedLayer``, ``shared_attention``): when a
+   batch has at least ``SHARED_ROWS`` rows per distinct prompt, each new token attends to its prompt's one
+   copy (every row is scored against every distinct prompt in one matrix product and keeps its own) and
+   to its own new tokens, instead of reading the prompt's cache repeated for every row: at evaluation's
+   shape (32 samples a prompt) most of a decoding step's attention was reading those copies.
 
 A row's draws come from its own seeded uniforms (``hf.row_uniforms``), so which rows share its batch or
 when the batch shrinks does not change them; ``tests/test_hf_backend.py`` checks that this loop gives
@@ -21,11 +26,15 @@ processors (a repetition penalty, say), keep ``generate`` (``supported``).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
+from transformers import AttentionInterface
 from transformers.cache_utils import Cache, DynamicLayer
+from transformers.masking_utils import AttentionMaskInterface
 
+SHARED_ROWS = 4  # rows per distinct prompt from which the prompts' keys and values are stored once
 Draw = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scores [B, V], uniforms [B]) -> tokens [B]
 
 
@@ -79,6 +88,77 @@ class GrowingLayer(DynamicLayer):
         self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
 
 
+class SharedLayer(GrowingLayer):
+    """A layer's keys and values as its batch's distinct prompts (left-padded, stored once) and each row's new
+    tokens (one buffer with room for ``room``, written in place). ``shared_attention`` reads both."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:  # the prefill: the distinct prompts
+            self.dtype, self.device = key_states.dtype, key_states.device
+            self.prompt_keys, self.prompt_values = key_states, value_states
+            self.is_initialized = True
+            return key_states, value_states
+        return super().update(key_states, value_states)  # a new token of every row, into the rows' buffers
+
+    def get_seq_length(self) -> int:
+        return self.prompt_keys.shape[-2] + self.length if self.is_initialized else 0
+
+    def start_rows(self, owner: torch.Tensor, prompt_mask: torch.Tensor) -> None:
+        """After the prefill: ``owner[i]``, row i's prompt (``prompt_mask``: the prompts' padding); each row's
+        empty buffer of new tokens."""
+        self.owner, self.prompt_mask, self.laid_out = owner, prompt_mask, None
+        self.owner_mask = prompt_mask.index_select(0, owner)[None]  # [1, B, L]
+        shape = (len(owner), self.prompt_keys.shape[1], self.room, self.prompt_keys.shape[-1])
+        self.key_buffer, self.value_buffer = self.prompt_keys.new_empty(shape), self.prompt_values.new_empty(shape)
+
+    def prompts(self, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompts' keys [H, D, P*L] and values [H, P*L, D] (heads repeated ``groups`` times), laid out once."""
+        if self.laid_out is None:
+            k, v = self.prompt_keys, self.prompt_values
+            if groups > 1:
+                k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+            heads, dim = k.shape[1], k.shape[-1]
+            self.laid_out = (k.transpose(0, 1).reshape(heads, -1, dim).transpose(1, 2).contiguous(),
+                             v.transpose(0, 1).reshape(heads, -1, dim).contiguous())
+        return self.laid_out
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Keep the rows ``beam_idx``, in that order."""
+        super().reorder_cache(beam_idx)
+        self.owner = self.owner.index_select(0, beam_idx)
+        self.owner_mask = self.prompt_mask.index_select(0, self.owner)[None]
+
+
+def shared_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
+                     scaling: float, dropout: float = 0.0, shared: Cache | None = None, **kwargs
+                     ) -> tuple[torch.Tensor, None]:
+    """One new token per row against its prompt's keys (stored once for the rows that share it: every row is
+    scored against every distinct prompt in one product and keeps its own) and its own new tokens.
+    ``query`` [B, H, 1, D]; ``key``/``value`` the rows' new tokens [B, H_kv, T, D]."""
+    layer = shared.layers[module.layer_idx]
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+    prompt_k, prompt_v = layer.prompts(groups)  # [H, D, P*L], [H, P*L, D]
+    heads, width = query.shape[1], layer.prompt_mask.shape[1]
+    every = query[:, :, 0].transpose(0, 1) @ prompt_k  # [H, B, P*L]: each row against every prompt
+    pick = layer.owner[None, :, None, None].expand(heads, -1, 1, width)
+    to_prompt = every.view(heads, len(layer.owner), -1, width).gather(2, pick).squeeze(2)  # [H, B, L]: its own
+    to_prompt = to_prompt.masked_fill(~layer.owner_mask, float("-inf")).transpose(0, 1)  # [B, H, L]
+    to_own = (query @ key.transpose(-1, -2))[:, :, 0]  # [B, H, T]
+    weights = torch.softmax(torch.cat([to_prompt, to_own], -1) * scaling, -1, dtype=torch.float32).to(query.dtype)
+    spread = torch.zeros_like(every).view(heads, len(layer.owner), -1, width)
+    spread.scatter_(2, pick, weights[..., :width].transpose(0, 1)[:, :, None])
+    out = (spread.view(heads, len(layer.owner), -1) @ prompt_v).transpose(0, 1)  # [B, H, D]
+    out = out + (weights[:, :, None, width:] @ value)[:, :, 0]
+    return out[:, None], None  # [B, 1, H, D]
+
+
+AttentionInterface.register("gft_shared", shared_attention)
+AttentionMaskInterface.register("gft_shared", lambda *args, **kwargs: None)  # shared_attention masks the prompts
+
+
 @torch.inference_mode()
 def decode(model, prompts: list[list[int]], rows: list[int], uniforms: torch.Tensor, draw: Draw, cap: int,
            stop_ids: list[int], pad: int, record: bool) -> tuple[list[list[int]], list[list[float]] | None]:
@@ -91,14 +171,45 @@ def decode(model, prompts: list[list[int]], rows: list[int], uniforms: torch.Ten
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     positions = (mask.cumsum(-1) - 1).clamp_(min=0)
     layers = model.config.get_text_config().num_hidden_layers
-    cache = Cache(layers=[GrowingLayer(cap) for _ in range(layers)])
+    # the prompts' keys and values stored once (shared_attention), for models that take a registered attention
+    share = len(prompts) * SHARED_ROWS <= len(rows) and getattr(model, "_supports_attention_backend", False)
+    cache = Cache(layers=[(SharedLayer if share else GrowingLayer)(cap) for _ in range(layers)])
     last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     scores = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
                    **last_only).logits[:, -1]
     index = torch.tensor(rows, device=device)
     scores = scores.index_select(0, index)
-    cache.reorder_cache(index)
+    if share:
+        for layer in cache.layers:
+            layer.start_rows(index, mask.bool())
+    else:
+        cache.reorder_cache(index)
     mask, last = mask.index_select(0, index), positions[:, -1].index_select(0, index)
+    with attention("gft_shared" if share else None, model):
+        return decode_steps(model, cache, scores, mask, last, uniforms, draw, cap, stop_ids, record, share,
+                            last_only, len(rows))
+
+
+@contextmanager
+def attention(name: str | None, model) -> Iterator[None]:
+    """The model's attention implementation set to ``name`` for the block (none: left as it is)."""
+    if name is None:
+        yield
+        return
+    before = model.config._attn_implementation
+    model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
+def decode_steps(model, cache: Cache, scores: torch.Tensor, mask: torch.Tensor, last: torch.Tensor,
+                 uniforms: torch.Tensor, draw: Draw, cap: int, stop_ids: list[int], record: bool, share: bool,
+                 last_only: dict, count: int) -> tuple[list[list[int]], list[list[float]] | None]:
+    """The token-by-token loop after the prefill (``decode``'s)."""
+    device = scores.device
+    rows = range(count)
     live = torch.arange(len(rows), device=device)  # request of each batch row
     finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
     stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
@@ -116,10 +227,14 @@ def decode(model, prompts: list[list[int]], rows: list[int], uniforms: torch.Ten
             keep = (~finished).nonzero().squeeze(1)
             cache.reorder_cache(keep)
             live, choice, mask, last, finished = live[keep], choice[keep], mask[keep], last[keep], finished[keep]
-        mask = torch.cat([mask, mask.new_ones(len(live), 1)], 1)
         last = last + 1
-        scores = model(input_ids=choice[:, None], attention_mask=mask, position_ids=last[:, None],
-                       past_key_values=cache, use_cache=True, **last_only).logits[:, -1]
+        if share:
+            attend = {"attention_mask": None, "shared": cache}
+        else:
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], 1)
+            attend = {"attention_mask": mask}
+        scores = model(input_ids=choice[:, None], position_ids=last[:, None], past_key_values=cache, use_cache=True,
+                       **attend, **last_only).logits[:, -1]
     tokens: list[list[int]] = [[] for _ in rows]
     logprobs: list[list[float]] | None = [[] for _ in rows] if record else None
     for who, chosen, lp in steps:

@@ -88,6 +88,15 @@ def step_batches(examples: list[Example], batch_size: int, epochs: int, seed: in
     return [s for s in steps if len(s) >= world]  # every process needs at least one sequence
 
 
+def grouped_by_length(examples: list[Example]) -> list[Example]:
+    """The examples with each group's rows side by side, groups in order of their longest row (rows of a
+    group by length): cut into micro-batches, little of each is padding and a group's rows share one."""
+    longest: dict[int, int] = {}
+    for e in examples:
+        longest[e.group] = max(longest.get(e.group, 0), len(e.ids))
+    return sorted(examples, key=lambda e: (longest[e.group], e.group, len(e.ids)))
+
+
 def collate(batch: list[Example], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
     """Right-padded ids; masks from lengths (never from pad ids, so an EOS used as pad stays trained)."""
     width = max(len(e.ids) for e in batch)

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from gftrepro import config as cfg
 from gftrepro import fsdp, lora, methods, modelcard, store
-from gftrepro.engine.batches import Example, collate
+from gftrepro.engine.batches import Example, collate, grouped_by_length
 from gftrepro.engine.config import TrainConfig
 from gftrepro.engine.state import (
     last_metric,
@@ -143,7 +143,8 @@ class Trainer:
             net = with_adapters(net, config, console)
         if config.compile:
             compile_layers(net)
-        policy = Policy(net, config.logprob_chunk)
+        self.share_prompts = config.share_prompts and not (config.fsdp or config.gradient_checkpointing)
+        policy = Policy(net, config.logprob_chunk, self.share_prompts)
         self.sharded = None  # under FSDP: the root unit (the Policy)
         if config.fsdp:
             net.to(accelerator.device)
@@ -182,7 +183,7 @@ class Trainer:
             self.anchor = self.ref if ref_path == model.path else lora.AdaptersOff(self.net) if self.lora else \
                 load_causal_lm(model.path, "anchor").to(accelerator.device).eval()
             self.anchor.requires_grad_(False)
-        self.ref_policy = Policy(self.ref, config.logprob_chunk) if config.kl_coef else None
+        self.ref_policy = Policy(self.ref, config.logprob_chunk, self.share_prompts) if config.kl_coef else None
         self.started = time.perf_counter()
 
     @property
@@ -199,10 +200,12 @@ class Trainer:
         return dict(self.net.state_dict())
 
     def micro_batches(self, mine: list[Example]) -> list[dict]:
-        """The step's examples cut into micro-batches of similar lengths (sorted by length, so little of each is
-        padding); the loss's denominators are the step's, so how the step is cut does not change its gradient."""
+        """The step's examples cut into micro-batches of similar lengths, a group's rows side by side (groups
+        sorted by their longest row, so little of each batch is padding, and a group's rows share their prompt's
+        pass: ``gftrepro.prefix``); the loss's denominators are the step's, so how the step is cut does not
+        change its gradient."""
         size, device = self.config.micro_batch_size, self.accelerator.device
-        mine = sorted(mine, key=lambda e: len(e.ids))
+        mine = grouped_by_length(mine)
         return [collate(mine[k : k + size], self.tokenizer.pad_token_id, device) for k in range(0, len(mine), size)]
 
     def global_tokens(self, mine: list[Example]) -> int:
@@ -231,7 +234,7 @@ class Trainer:
             with fsdp.unsharded(self.sharded) if sharded else nullcontext():
                 for b in micro:
                     kl, n = token_kl(self.net, self.ref, b["input_ids"], b["attention_mask"], b["response_mask"],
-                                     config.logprob_chunk)
+                                     config.logprob_chunk, self.share_prompts)
                     sums["kl"] += kl
                     sums["kl_tokens"] += n
         packed = acc.reduce(torch.tensor([sums[k] for k in STAT_KEYS], device=acc.device, dtype=torch.float64), "sum")
