@@ -25,8 +25,10 @@ import importlib.util
 import json
 import os
 import re
+import struct
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from gftrepro.errors import GftError
@@ -136,6 +138,50 @@ class MLflow:
             self.client.set_terminated(self.run_id, "FINISHED")
 
 
+def wandb_records(path: Path) -> Iterator[bytes]:
+    """The records of a W&B offline ``.wandb`` file (its framing: 32 KiB blocks of chunks, each a 7-byte header of
+    checksum, length and kind: full, first, middle, last), up to the first torn or cut one."""
+    data, pos, partial = path.read_bytes(), 7, b""
+    if data[:4] != b":W&B":
+        return
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7:  # the block's tail is padding
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if length == 0 and kind == 0:
+            pos += left
+            continue
+        if pos + 7 + length > len(data):
+            return  # cut short by a kill
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 1:
+            yield chunk
+        elif kind == 2:
+            partial = chunk
+        elif kind == 3:
+            partial += chunk
+        elif kind == 4:
+            yield partial + chunk
+
+
+def wandb_history(path: Path) -> Iterator[tuple[int, dict]]:
+    """(step, metrics) of each history record of a W&B offline file."""
+    from google.protobuf.message import DecodeError
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    for raw in wandb_records(path):
+        record = pb.Record()
+        try:
+            record.ParseFromString(raw)
+        except DecodeError:
+            return
+        if record.WhichOneof("record_type") == "history":
+            items = {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item}
+            yield int(items.pop("_step")), {k: v for k, v in items.items() if not k.startswith("_")}
+
+
 class WandB:
     def __init__(self, folder: Path, run_dir: Path, name: str, state: dict, resume_step: int, config: dict):
         import wandb
@@ -146,6 +192,7 @@ class WandB:
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", PROJECT), id=state["wandb"], name=name,
                               resume="allow", dir=str(run_dir), reinit="create_new", config=config or None,
                               settings=wandb.Settings(quiet=True, console="off"))
+        self.files = run_dir / "wandb"
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)
@@ -154,7 +201,13 @@ class WandB:
         self.run.log({name: self.wandb.Image(str(path))}, step=step)
 
     def floor(self) -> int | None:
-        return None  # an offline run cannot be asked: the recorded watermark decides
+        """Offline: the last step the run's files hold (W&B writes them from its own service process, so a kill
+        just after a flush can lose steps the watermark counts as sent); online: the recorded watermark."""
+        if not self.run.settings._offline:
+            return None
+        steps = [step for path in self.files.glob(f"offline-run-*-{self.run.id}/run-{self.run.id}.wandb")
+                 for step, _ in wandb_history(path)]
+        return max(steps, default=0)
 
     def close(self, finished: bool) -> None:
         self.run.finish(exit_code=0 if finished else 1)
@@ -196,8 +249,9 @@ class Trackers:
     ``add`` buffers a step's metrics; ``flush`` sends what is buffered (called once the steps are safe on
     disk: at a checkpoint, at the end) and records, per tracker, the last step sent, so a resumed run sends
     only later steps. A kill between sending and recording is repaired on resume where the library can
-    say what it holds (TensorBoard purges past the record, MLflow and trackio report their last step);
-    for W&B offline the record alone decides. With no names it does nothing, and nothing is imported."""
+    say what it holds (TensorBoard purges past the record; MLflow and trackio report their last step; W&B
+    offline, its run files are read); for W&B online the record alone decides. With no names it does
+    nothing, and nothing is imported."""
 
     def __init__(self, names: list[str], folder: Path, run_dir: Path, name: str, config: dict | None = None,
                  resume_step: int = 0):

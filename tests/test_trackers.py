@@ -5,14 +5,13 @@ store); eval and the bad-input lines."""
 import json
 import os
 import shutil
-import struct
 
 import pytest
 from conftest import copy_run, gft, kill_midway
 
 from gftrepro.engine.state import metric_lines
 from gftrepro.errors import GftError
-from gftrepro.trackers import names_of
+from gftrepro.trackers import names_of, wandb_history
 
 ALL = "tensorboard,mlflow,wandb,trackio"
 
@@ -44,44 +43,9 @@ def mlflow_points(run, run_id):
     return [((m.step, k), m.value) for k in keys for m in client.get_metric_history(run_id, k)]
 
 
-def wandb_records(path):
-    """The records of a W&B offline ``.wandb`` file (its block framing; each record is wandb's own protobuf)."""
-    data, pos, out, partial = path.read_bytes(), 7, [], b""
-    assert data[:4] == b":W&B"
-    while pos + 7 <= len(data):
-        left = 32768 - pos % 32768
-        if left < 7:
-            pos += left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if length == 0 and kind == 0:
-            pos += left
-            continue
-        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-        if kind == 1:
-            out.append(chunk)
-        elif kind == 2:
-            partial = chunk
-        elif kind == 3:
-            partial += chunk
-        elif kind == 4:
-            out.append(partial + chunk)
-    return out
-
-
 def wandb_points(run, run_id):
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    points = []
-    for path in sorted(run.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb")):
-        for raw in wandb_records(path):
-            rec = pb.Record()
-            rec.ParseFromString(raw)
-            if rec.WhichOneof("record_type") == "history":
-                items = {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item}
-                step = items.pop("_step")
-                points += [((step, k), float(v)) for k, v in items.items() if not k.startswith("_")]
-    return points
+    return [((step, k), float(v)) for path in sorted(run.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb"))
+            for step, items in wandb_history(path) for k, v in items.items()]
 
 
 def trackio_points(run, name, monkeypatch):
@@ -166,3 +130,27 @@ def test_eval_sends_its_final_metrics_and_plot_once(tmp_path):
     points = mlflow_points(tmp_path, state["mlflow"])
     assert ((0, "testbed/pass_at_2"), pytest.approx(metrics["pass@2"])) in points  # MLflow has no '@' in names
     assert len([p for p in points if p[0][1] == "testbed/pass_at_1"]) == 1
+
+
+def test_a_wandb_step_counted_as_sent_but_never_written_is_sent_on_resume(tmp_path, monkeypatch):
+    """W&B writes its offline files from its own service process: a SIGKILL just after a flush can lose steps
+    that trackers.json already counts as sent. On resume the files, not the count, say what is held."""
+    from gftrepro.trackers import STATE, Trackers
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run, folder = tmp_path / "run", tmp_path / "run" / "train" / "v"
+    folder.mkdir(parents=True)
+    first = Trackers(["wandb"], folder, run, "t")
+    for step in (1, 2):
+        first.add({"step": step, "loss": float(step)})
+    first.flush()
+    first.close()
+    state = json.loads((folder / STATE).read_text())
+    assert state["sent"] == {"wandb": 2}
+    (folder / STATE).write_text(json.dumps({**state, "sent": {"wandb": 3}}))  # step 3 counted, lost on the way
+    resumed = Trackers(["wandb"], folder, run, "t", resume_step=3)
+    assert resumed.sent == {"wandb": 2}
+    for step in (1, 2, 3):
+        resumed.add({"step": step, "loss": float(step)})
+    resumed.close()
+    assert sorted(wandb_points(run, state["wandb"])) == [((s, "loss"), float(s)) for s in (1, 2, 3)]
