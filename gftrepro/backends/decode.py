@@ -107,52 +107,54 @@ class SharedLayer(GrowingLayer):
     def start_rows(self, owner: torch.Tensor, prompt_mask: torch.Tensor) -> None:
         """After the prefill: ``owner[i]``, row i's prompt (``prompt_mask``: the prompts' padding); each row's
         empty buffer of new tokens."""
-        self.owner, self.prompt_mask, self.laid_out = owner, prompt_mask, None
-        self.owner_mask = prompt_mask.index_select(0, owner)[None]  # [1, B, L]
+        self.prompt_mask, self.laid_out = prompt_mask, None
         shape = (len(owner), self.prompt_keys.shape[1], self.room, self.prompt_keys.shape[-1])
         self.key_buffer, self.value_buffer = self.prompt_keys.new_empty(shape), self.prompt_values.new_empty(shape)
+        self.set_owner(owner)
+
+    def set_owner(self, owner: torch.Tensor) -> None:
+        """Each row's prompt, the prompts' padding per row, and the runs of consecutive rows of one prompt
+        (start, end, prompt): the batch's requests come grouped by prompt, so there are as many as prompts."""
+        self.owner, self.owner_mask = owner, self.prompt_mask.index_select(0, owner)[None]  # [1, B, L]
+        prompts, counts = torch.unique_consecutive(owner, return_counts=True)
+        ends = counts.cumsum(0).tolist()
+        self.runs = [(end - n, end, p) for end, n, p in zip(ends, counts.tolist(), prompts.tolist(), strict=True)]
 
     def prompts(self, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The prompts' keys [H, D, P*L] and values [H, P*L, D] (heads repeated ``groups`` times), laid out once."""
+        """The prompts' keys [P, H, D, L] and values [P, H, L, D] (heads repeated ``groups`` times), laid out once."""
         if self.laid_out is None:
             k, v = self.prompt_keys, self.prompt_values
             if groups > 1:
                 k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
-            heads, dim = k.shape[1], k.shape[-1]
-            self.laid_out = (k.transpose(0, 1).reshape(heads, -1, dim).transpose(1, 2).contiguous(),
-                             v.transpose(0, 1).reshape(heads, -1, dim).contiguous())
+            self.laid_out = (k.transpose(-1, -2).contiguous(), v.contiguous())
         return self.laid_out
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Keep the rows ``beam_idx``, in that order."""
         super().reorder_cache(beam_idx)
-        self.owner = self.owner.index_select(0, beam_idx)
-        self.owner_mask = self.prompt_mask.index_select(0, self.owner)[None]
+        self.set_owner(self.owner.index_select(0, beam_idx))
 
 
 def shared_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
                      scaling: float, dropout: float = 0.0, shared: Cache | None = None, **kwargs
                      ) -> tuple[torch.Tensor, None]:
-    """One new token per row against its prompt's keys (stored once for the rows that share it: every row is
-    scored against every distinct prompt in one product and keeps its own) and its own new tokens.
-    ``query`` [B, H, 1, D]; ``key``/``value`` the rows' new tokens [B, H_kv, T, D]."""
+    """One new token per row against its prompt's keys (stored once: each run of rows sharing a prompt is one
+    product with it) and against its own new tokens. ``query`` [B, H, 1, D]; ``key``/``value`` the rows' new
+    tokens [B, H_kv, T, D]."""
     layer = shared.layers[module.layer_idx]
     groups = query.shape[1] // key.shape[1]
     if groups > 1:
         key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
-    prompt_k, prompt_v = layer.prompts(groups)  # [H, D, P*L], [H, P*L, D]
-    heads, width = query.shape[1], layer.prompt_mask.shape[1]
-    every = query[:, :, 0].transpose(0, 1) @ prompt_k  # [H, B, P*L]: each row against every prompt
-    pick = layer.owner[None, :, None, None].expand(heads, -1, 1, width)
-    to_prompt = every.view(heads, len(layer.owner), -1, width).gather(2, pick).squeeze(2)  # [H, B, L]: its own
-    to_prompt = to_prompt.masked_fill(~layer.owner_mask, float("-inf")).transpose(0, 1)  # [B, H, L]
-    to_own = (query @ key.transpose(-1, -2))[:, :, 0]  # [B, H, T]
+    prompt_k, prompt_v = layer.prompts(groups)  # [P, H, D, L], [P, H, L, D]
+    width = prompt_v.shape[2]
+    q = query[:, :, 0].transpose(0, 1)  # [H, B, D]
+    to_prompt = torch.cat([q[:, start:end] @ prompt_k[p] for start, end, p in layer.runs], 1)  # [H, B, L]
+    to_prompt = to_prompt.masked_fill(~layer.owner_mask, float("-inf"))
+    to_own = (query @ key.transpose(-1, -2))[:, :, 0].transpose(0, 1)  # [H, B, T]
     weights = torch.softmax(torch.cat([to_prompt, to_own], -1) * scaling, -1, dtype=torch.float32).to(query.dtype)
-    spread = torch.zeros_like(every).view(heads, len(layer.owner), -1, width)
-    spread.scatter_(2, pick, weights[..., :width].transpose(0, 1)[:, :, None])
-    out = (spread.view(heads, len(layer.owner), -1) @ prompt_v).transpose(0, 1)  # [B, H, D]
-    out = out + (weights[:, :, None, width:] @ value)[:, :, 0]
-    return out[:, None], None  # [B, 1, H, D]
+    out = torch.cat([weights[:, start:end, :width] @ prompt_v[p] for start, end, p in layer.runs], 1)  # [H, B, D]
+    own = (weights[..., width:].transpose(0, 1)[:, :, None] @ value)[:, :, 0]  # [B, H, D]
+    return (out.transpose(0, 1) + own)[:, None], None  # [B, 1, H, D]
 
 
 AttentionInterface.register("gft_shared", shared_attention)
