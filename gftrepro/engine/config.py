@@ -63,7 +63,7 @@ class TrainConfig:
     fused_loss: bool = opt(True, "make the loss's gradient in the LM head's own pass (same numbers, faster); "
                                  "--no-fused-loss: log-probs first, then the loss", versioned=False)
     share_prompts: bool = opt(True, "encode each distinct prompt of a micro-batch once (a group's K rows share it; "
-                                    "same numbers, fewer tokens; not with fsdp or gradient checkpointing)",
+                                    "same numbers, fewer tokens; not with fsdp, gradient checkpointing or compile)",
                               versioned=False)
     lora_rank: int = opt(0, "train LoRA adapters of this rank instead of every weight (0 = full fine-tuning; PEFT: "
                             "the lora extra)", versioned="unless-default")

@@ -143,7 +143,9 @@ class Trainer:
             net = with_adapters(net, config, console)
         if config.compile:
             compile_layers(net)
-        self.share_prompts = config.share_prompts and not (config.fsdp or config.gradient_checkpointing)
+        # gftrepro.prefix calls the decoder twice with a cache: not under FSDP, checkpointing or compiled layers
+        self.share_prompts = config.share_prompts and not (config.fsdp or config.gradient_checkpointing
+                                                           or config.compile)
         policy = Policy(net, config.logprob_chunk, self.share_prompts)
         self.sharded = None  # under FSDP: the root unit (the Policy)
         if config.fsdp:
