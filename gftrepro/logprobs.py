@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gftrepro.prefix import can_share, scored_hidden
+from gftrepro.prefix import full_attention, scored_hidden
 
 
 class ChunkedTokenLogprob(torch.autograd.Function):
@@ -204,7 +204,7 @@ class Policy(nn.Module):
             if getattr(model.config, key, None):
                 raise ValueError(f"models with {key} are not supported by the chunked log-prob path")
         self.model, self.chunk = model, chunk
-        self.share_prompts = share_prompts and can_share(model)  # gftrepro.prefix: a group's prompt encoded once
+        self.share_prompts = share_prompts and full_attention(model)  # gftrepro.prefix: a group's prompt encoded once
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
                 with_entropy: bool = False, objective: Any = None) -> tuple[torch.Tensor, ...]:
@@ -235,7 +235,7 @@ def scatter_tokens(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
 def token_kl(policy_model: nn.Module, ref_model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
              response_mask: torch.Tensor, chunk: int = 1024, share_prompts: bool = False) -> tuple[float, int]:
     """Sum over response tokens of KL(pi_theta || pi_ref) (full vocabulary), and the token count."""
-    h, r = (scored_hidden(m, input_ids, attention_mask, response_mask, share_prompts and can_share(m))
+    h, r = (scored_hidden(m, input_ids, attention_mask, response_mask, share_prompts and full_attention(m))
             for m in (policy_model, ref_model))
     w, wr = policy_model.get_output_embeddings().weight, ref_model.get_output_embeddings().weight
     total = 0.0

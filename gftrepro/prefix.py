@@ -31,7 +31,9 @@ class Shared:
     lengths: torch.Tensor  # [B] prompt + response
 
 
-def can_share(model: nn.Module) -> bool:
+def full_attention(model: nn.Module) -> bool:
+    """A decoder whose every layer is full attention (no sliding windows, no encoder): what both shared-prompt
+    passes (this one, and ``backends.decode``'s) and the own decoding loop rely on."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     kinds = set(getattr(config, "layer_types", None) or ["full_attention"])
     window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None

@@ -7,7 +7,7 @@ import torch
 from gftrepro.engine.batches import Example, collate, grouped_by_length
 from gftrepro.logprobs import Policy, token_kl
 from gftrepro.losses import TokenObjective
-from gftrepro.prefix import can_share, shared_prompts
+from gftrepro.prefix import full_attention, shared_prompts
 
 
 def group_batch(sizes: list[int], seed: int = 0) -> dict:
@@ -83,7 +83,7 @@ def test_a_groups_rows_sit_side_by_side_groups_by_their_longest_row():
 def test_sliding_window_models_do_not_share(student):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    assert can_share(student)
+    assert full_attention(student)
     config = AutoConfig.for_model("mistral", vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                   num_attention_heads=2, num_key_value_heads=2, sliding_window=4)
-    assert not can_share(AutoModelForCausalLM.from_config(config))
+    assert not full_attention(AutoModelForCausalLM.from_config(config))

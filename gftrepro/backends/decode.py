@@ -12,9 +12,8 @@ backend's seeded sampler, with four kinds of work left out.
    step), instead of being decoded on to the batch's longest sample.
 4. **A shared prompt's keys and values are stored once** (``SharedLayer``, ``shared_attention``): when a
    batch has at least ``SHARED_ROWS`` rows per distinct prompt, each new token attends to its prompt's one
-   copy (every row is scored against every distinct prompt in one matrix product and keeps its own) and
-   to its own new tokens, instead of reading the prompt's cache repeated for every row: at evaluation's
-   shape (32 samples a prompt) most of a decoding step's attention was reading those copies.
+   copy (each run of rows sharing a prompt is one matrix product with it) and to its own new tokens,
+   instead of reading the prompt's cache repeated for every row.
 
 A row's draws come from its own seeded uniforms (``hf.row_uniforms``), so which rows share its batch or
 when the batch shrinks does not change them; ``tests/test_hf_backend.py`` checks that this loop gives
@@ -34,6 +33,8 @@ from transformers import AttentionInterface
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.masking_utils import AttentionMaskInterface
 
+from gftrepro.prefix import full_attention
+
 SHARED_ROWS = 4  # rows per distinct prompt from which the prompts' keys and values are stored once
 Draw = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scores [B, V], uniforms [B]) -> tokens [B]
 
@@ -50,13 +51,9 @@ PROCESSORS = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_
 def supported(model) -> bool:
     """A decoder whose every layer is full attention (Llama, Qwen2, SmolLM2, the testbed models) and whose
     generation config adds no logits processor (so ``generate`` would sample exactly as this loop does)."""
-    config = model.config
-    kinds = set(getattr(config, "layer_types", None) or ["full_attention"])
-    window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
     generation = getattr(model, "generation_config", None)
     extra = [k for k, neutral in PROCESSORS.items() if getattr(generation, k, None) not in (None, neutral, [], {})]
-    return (kinds == {"full_attention"} and not window and not getattr(config, "is_encoder_decoder", False)
-            and not getattr(model, "_is_stateful", False) and not extra)
+    return full_attention(model) and not getattr(model, "_is_stateful", False) and not extra
 
 
 class GrowingLayer(DynamicLayer):
@@ -211,9 +208,8 @@ def decode_steps(model, cache: Cache, scores: torch.Tensor, mask: torch.Tensor, 
                  last_only: dict, count: int) -> tuple[list[list[int]], list[list[float]] | None]:
     """The token-by-token loop after the prefill (``decode``'s)."""
     device = scores.device
-    rows = range(count)
-    live = torch.arange(len(rows), device=device)  # request of each batch row
-    finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
+    live = torch.arange(count, device=device)  # request of each batch row
+    finished = torch.zeros(count, dtype=torch.bool, device=device)
     stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
     steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []  # (requests, tokens, log-probs)
     for t in range(cap):
@@ -237,8 +233,8 @@ def decode_steps(model, cache: Cache, scores: torch.Tensor, mask: torch.Tensor, 
             attend = {"attention_mask": mask}
         scores = model(input_ids=choice[:, None], position_ids=last[:, None], past_key_values=cache, use_cache=True,
                        **attend, **last_only).logits[:, -1]
-    tokens: list[list[int]] = [[] for _ in rows]
-    logprobs: list[list[float]] | None = [[] for _ in rows] if record else None
+    tokens: list[list[int]] = [[] for _ in range(count)]
+    logprobs: list[list[float]] | None = [[] for _ in range(count)] if record else None
     for who, chosen, lp in steps:
         for i, token in zip(who.tolist(), chosen.tolist(), strict=True):
             tokens[i].append(token)
