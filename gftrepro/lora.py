@@ -51,17 +51,30 @@ class AdaptersOff(nn.Module):
         super().__init__()
         self.held = [peft_model]
 
-    def get_decoder(self):
-        peft_model = self.held[0]
-        decoder = peft_model.get_base_model().get_decoder()
+    @property
+    def config(self):
+        """The base model's config (what ``prefix.full_attention`` and the shared-prompt pass read)."""
+        return self.held[0].get_base_model().config
 
-        def run(**kwargs):
-            with peft_model.disable_adapter():
-                return decoder(**kwargs)
-        return run
+    def get_decoder(self):
+        return _DecoderAdaptersOff(self.held[0])
 
     def get_output_embeddings(self):
         return self.held[0].get_base_model().get_output_embeddings()
+
+
+class _DecoderAdaptersOff:
+    """The base model's decoder, called with the adapters disabled; ``config`` as the decoder's own, so the
+    shared-prompt pass (``prefix.shared_hidden``) runs on it as on a plain decoder."""
+
+    def __init__(self, peft_model: nn.Module):
+        self.peft_model = peft_model
+        self.decoder = peft_model.get_base_model().get_decoder()
+        self.config = self.decoder.config
+
+    def __call__(self, **kwargs):
+        with self.peft_model.disable_adapter():
+            return self.decoder(**kwargs)
 
 
 @torch.no_grad()

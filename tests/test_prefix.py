@@ -87,3 +87,29 @@ def test_sliding_window_models_do_not_share(student):
     config = AutoConfig.for_model("mistral", vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                   num_attention_heads=2, num_key_value_heads=2, sliding_window=4)
     assert not full_attention(AutoModelForCausalLM.from_config(config))
+
+
+def test_the_adapters_off_reference_shares_prompts_and_scores_as_the_base(student_path):
+    """LoRA's reference (gftrepro.lora.AdaptersOff) goes through the shared-prompt pass as a plain model does
+    (CI on the study's commits: it had no ``config``), and scores as the base model, adapters or not."""
+    pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    from gftrepro import lora
+    from gftrepro.engine.config import TrainConfig
+
+    base = AutoModelForCausalLM.from_pretrained(student_path)
+    peft_model = lora.wrap(AutoModelForCausalLM.from_pretrained(student_path), TrainConfig(lora_rank=4, lora_alpha=8.0))
+    with torch.no_grad():  # adapters that change the model (PEFT starts B at zero)
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    ref = lora.AdaptersOff(peft_model)
+    assert full_attention(ref)
+    batch = group_batch([3, 3])
+    args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    with torch.no_grad():
+        expected = Policy(base, 512, False)(*args)[0]
+        for share in (False, True):
+            torch.testing.assert_close(Policy(ref, 512, share)(*args)[0], expected, atol=2e-5, rtol=1e-5)
+        assert (Policy(peft_model, 512, True)(*args)[0] - expected).abs().max() > 1e-3
