@@ -172,3 +172,39 @@ def test_prompts_stored_once_give_the_tokens_of_prompts_repeated_per_row(student
     (once_tokens, once_lp), (every_tokens, every_lp) = out[8], out[1 << 30]
     assert once_tokens == every_tokens and len({tuple(t) for t in once_tokens}) > 3
     torch.testing.assert_close(torch.tensor(sum(once_lp, [])), torch.tensor(sum(every_lp, [])), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])  # qwen2: q/k/v biases and grouped-query attention
+def test_lean_steps_give_the_model_forwards_tokens_and_logprobs(monkeypatch, arch):
+    """backends.decode.LeanStep (a Llama / Qwen2 step on the weights, without the module tree) against the
+    model's own forward in the same loop: the same tokens, log-probs within float rounding, with runs of rows
+    even (before any row leaves) and uneven (after), and prompts of several lengths."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    from gftrepro.backends import decode
+    from gftrepro.backends.hf import draw
+
+    tok = load_tokenizer(resolve_model("testbed:student"))
+    torch.manual_seed(0)
+    shape = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, max_position_embeddings=256)
+    config = LlamaConfig(num_key_value_heads=4, **shape) if arch == "llama" else Qwen2Config(num_key_value_heads=2,
+                                                                                               **shape)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    assert decode.LeanStep.usable(model)
+    prompts = [prompt_ids(tok, q) for q in ("Compute 3 + 4.", "What is 100 - 7?", "Compute 2 * (3 + 4) - 1.")]
+    rows = [i for i in range(3) for _ in range(6)]
+    uniforms = torch.rand(len(rows), 30, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    stops = stop_token_ids(tok, resolve_model("testbed:student").path, ["<|im_end|>", "<|endoftext|>"])
+    steps, out = [], {}
+    real = decode.LeanStep.__call__
+    monkeypatch.setattr(decode.LeanStep, "__call__", lambda self, *a: steps.append(1) or real(self, *a))
+    for lean in (True, False):
+        monkeypatch.setattr(decode.LeanStep, "usable", staticmethod(lambda m, lean=lean: lean))
+        steps.clear()
+        out[lean] = decode.decode(model, prompts, rows, uniforms, lambda s, u: draw(s, u, 1.0, 1.0), 30, stops,
+                                  tok.pad_token_id, True)
+        assert bool(steps) == lean
+    (lean_tokens, lean_lp), (plain_tokens, plain_lp) = out[True], out[False]
+    assert lean_tokens == plain_tokens and len({len(t) for t in lean_tokens}) > 1  # rows left at different steps
+    torch.testing.assert_close(torch.tensor(sum(lean_lp, [])), torch.tensor(sum(plain_lp, [])), atol=1e-5, rtol=0)

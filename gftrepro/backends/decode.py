@@ -14,6 +14,10 @@ backend's seeded sampler, with four kinds of work left out.
    batch has at least ``SHARED_ROWS`` rows per distinct prompt, each new token attends to its prompt's one
    copy (each run of rows sharing a prompt is one matrix product with it) and to its own new tokens,
    instead of reading the prompt's cache repeated for every row.
+5. **Llama-family steps skip the module tree** (``LeanStep``): for Llama and Qwen2 decoders a new token's
+   pass after the prefill is the same operations as the model's own forward (the same weights, the same
+   functions in the same order), called directly, without the per-module hooks, keyword plumbing and
+   output records of ``transformers``' forward, which cost more than the arithmetic at the tiny models' size.
 
 A row's draws come from its own seeded uniforms (``hf.row_uniforms``), so which rows share its batch or
 when the batch shrinks does not change them; ``tests/test_hf_backend.py`` checks that this loop gives
@@ -29,6 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.masking_utils import AttentionMaskInterface
@@ -110,12 +115,17 @@ class SharedLayer(GrowingLayer):
         self.set_owner(owner)
 
     def set_owner(self, owner: torch.Tensor) -> None:
-        """Each row's prompt, the prompts' padding per row, and the runs of consecutive rows of one prompt
-        (start, end, prompt): the batch's requests come grouped by prompt, so there are as many as prompts."""
-        self.owner, self.owner_mask = owner, self.prompt_mask.index_select(0, owner)[None]  # [1, B, L]
+        """Each row's prompt, the prompts' padding per row (None where no row's prompt is padded), and the
+        runs of consecutive rows of one prompt (start, end, prompt): the batch's requests come grouped by
+        prompt, so there are as many as prompts. ``even``: the rows per run when every run has as many (a
+        batch before any row has left it), so that all runs are one batched product."""
+        owner_mask = self.prompt_mask.index_select(0, owner)[None]  # [1, B, L]
+        self.owner, self.owner_mask = owner, None if bool(owner_mask.all()) else owner_mask
         prompts, counts = torch.unique_consecutive(owner, return_counts=True)
         ends = counts.cumsum(0).tolist()
         self.runs = [(end - n, end, p) for end, n, p in zip(ends, counts.tolist(), prompts.tolist(), strict=True)]
+        self.even = int(counts[0]) if bool((counts == counts[0]).all()) else None
+        self.run_prompts, self.runs_laid_out = prompts, None
 
     def prompts(self, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The prompts' keys [P, H, D, L] and values [P, H, L, D] (heads repeated ``groups`` times), laid out once."""
@@ -126,6 +136,15 @@ class SharedLayer(GrowingLayer):
             self.laid_out = (k.transpose(-1, -2).contiguous(), v.contiguous())
         return self.laid_out
 
+    def run_prompts_laid_out(self, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``prompts`` in the order of the runs (one per run; the same tensors while every prompt has its run)."""
+        if self.runs_laid_out is None:
+            k, v = self.prompts(groups)
+            if len(self.run_prompts) != len(k) or bool((self.run_prompts != torch.arange(len(k))).any()):
+                k, v = k.index_select(0, self.run_prompts), v.index_select(0, self.run_prompts)
+            self.runs_laid_out = (k, v)
+        return self.runs_laid_out
+
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Keep the rows ``beam_idx``, in that order."""
         super().reorder_cache(beam_idx)
@@ -135,18 +154,21 @@ class SharedLayer(GrowingLayer):
 def shared_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
                      scaling: float, dropout: float = 0.0, shared: Cache | None = None, **kwargs
                      ) -> tuple[torch.Tensor, None]:
-    """One new token per row against its prompt's keys (stored once: each run of rows sharing a prompt is one
-    product with it) and against its own new tokens. ``query`` [B, H, 1, D]; ``key``/``value`` the rows' new
-    tokens [B, H_kv, T, D]."""
+    """One new token per row against its prompt's keys (stored once: all runs of rows sharing a prompt are one
+    batched product with them while the runs are even, else each run is one product) and against its own new
+    tokens. ``query`` [B, H, 1, D]; ``key``/``value`` the rows' new tokens [B, H_kv, T, D]."""
     layer = shared.layers[module.layer_idx]
     groups = query.shape[1] // key.shape[1]
     if groups > 1:
         key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+    if layer.even is not None:
+        return even_attention(layer, query, key, value, scaling, groups)
     prompt_k, prompt_v = layer.prompts(groups)  # [P, H, D, L], [P, H, L, D]
     width = prompt_v.shape[2]
     q = query[:, :, 0].transpose(0, 1)  # [H, B, D]
     to_prompt = torch.cat([q[:, start:end] @ prompt_k[p] for start, end, p in layer.runs], 1)  # [H, B, L]
-    to_prompt = to_prompt.masked_fill(~layer.owner_mask, float("-inf"))
+    if layer.owner_mask is not None:
+        to_prompt = to_prompt.masked_fill(~layer.owner_mask, float("-inf"))
     to_own = (query @ key.transpose(-1, -2))[:, :, 0].transpose(0, 1)  # [H, B, T]
     weights = torch.softmax(torch.cat([to_prompt, to_own], -1) * scaling, -1, dtype=torch.float32).to(query.dtype)
     out = torch.cat([weights[:, start:end, :width] @ prompt_v[p] for start, end, p in layer.runs], 1)  # [H, B, D]
@@ -154,8 +176,82 @@ def shared_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
     return (out.transpose(0, 1) + own)[:, None], None  # [B, 1, H, D]
 
 
+def even_attention(layer: SharedLayer, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
+                   groups: int) -> tuple[torch.Tensor, None]:
+    """``shared_attention`` when the R runs all have n rows: the prompt parts as one [R, H, n, D] x [R, H, D, L]
+    product (and its values' likewise), in the rows' [B, H, ...] layout."""
+    prompt_k, prompt_v = layer.run_prompts_laid_out(groups)  # [R, H, D, L], [R, H, L, D]
+    rows, heads, _, dim = query.shape
+    runs, n, width = len(prompt_k), layer.even, prompt_k.shape[-1]
+    q = query[:, :, 0].view(runs, n, heads, dim).transpose(1, 2)  # [R, H, n, D]
+    to_prompt = (q @ prompt_k).transpose(1, 2).reshape(rows, heads, width)  # [B, H, L]
+    if layer.owner_mask is not None:
+        to_prompt = to_prompt.masked_fill(~layer.owner_mask[0, :, None], float("-inf"))
+    to_own = (query @ key.transpose(-1, -2))[:, :, 0]  # [B, H, T]
+    weights = torch.softmax(torch.cat([to_prompt, to_own], -1) * scaling, -1, dtype=torch.float32).to(query.dtype)
+    out = weights[..., :width].reshape(runs, n, heads, width).transpose(1, 2) @ prompt_v  # [R, H, n, D]
+    own = (weights[..., width:, None].transpose(-1, -2) @ value)[:, :, 0]  # [B, H, D]
+    return (out.transpose(1, 2).reshape(rows, heads, dim) + own)[:, None], None  # [B, 1, H, D]
+
+
 AttentionInterface.register("gft_shared", shared_attention)
 AttentionMaskInterface.register("gft_shared", lambda *args, **kwargs: None)  # shared_attention masks the prompts
+
+LEAN = {"LlamaForCausalLM", "Qwen2ForCausalLM"}  # whose decoder layers LeanStep repeats op for op
+
+
+class LeanStep:
+    """One new token of every row through a Llama or Qwen2 decoder after the prefill, with the prompts stored
+    once (``SharedLayer``): ``transformers``' own forward, operation for operation (embedding, RMSNorm in
+    float32, q/k/v projections, rotary embedding, the registered ``gft_shared`` attention, o projection,
+    SwiGLU MLP, final norm, LM head on the last position), called on the weights directly."""
+
+    def __init__(self, model):
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        inner = model.model
+        self.rotate, self.rotary, self.embed = apply_rotary_pos_emb, inner.rotary_emb, inner.embed_tokens.weight
+        self.attend = AttentionInterface._global_mapping["gft_shared"]
+        self.layers = [(layer.input_layernorm, layer.self_attn, layer.post_attention_layernorm, layer.mlp)
+                       for layer in inner.layers]
+        self.norm, self.head = inner.norm, model.lm_head
+
+    @staticmethod
+    def usable(model) -> bool:
+        """A Llama or Qwen2 causal LM with SiLU MLPs, plain linear layers and no logit scaling."""
+        config = model.config
+        return (type(model).__name__ in LEAN and getattr(config, "hidden_act", None) == "silu"
+                and not getattr(config, "pretraining_tp", 1) > 1 and not getattr(config, "logit_scale", None)
+                and all(type(m) is torch.nn.Linear for m in model.modules() if isinstance(m, torch.nn.Linear)))
+
+    @staticmethod
+    def rms(norm, hidden: torch.Tensor) -> torch.Tensor:
+        dtype = hidden.dtype
+        hidden = hidden.to(torch.float32)
+        hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+        return norm.weight * hidden.to(dtype)
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cache: Cache) -> torch.Tensor:
+        """``tokens``, ``positions`` [B]: the scores [B, V] of each row's next token."""
+        rows = len(tokens)
+        hidden = F.embedding(tokens[:, None], self.embed)  # [B, 1, H]
+        cos, sin = self.rotary(hidden, positions[:, None])
+        for (pre, attn, post, mlp), layer in zip(self.layers, cache.layers, strict=True):
+            x = self.rms(pre, hidden)
+            shape = (rows, 1, -1, attn.head_dim)
+            q = F.linear(x, attn.q_proj.weight, attn.q_proj.bias).view(shape).transpose(1, 2)
+            k = F.linear(x, attn.k_proj.weight, attn.k_proj.bias).view(shape).transpose(1, 2)
+            v = F.linear(x, attn.v_proj.weight, attn.v_proj.bias).view(shape).transpose(1, 2)
+            q, k = self.rotate(q, k, cos, sin)
+            k, v = layer.update(k, v)
+            out, _ = self.attend(attn, q, k, v, None, scaling=attn.scaling, shared=cache)
+            hidden = hidden + F.linear(out.reshape(rows, 1, -1).contiguous(), attn.o_proj.weight, attn.o_proj.bias)
+            x = self.rms(post, hidden)
+            gate = F.silu(F.linear(x, mlp.gate_proj.weight, mlp.gate_proj.bias))
+            hidden = hidden + F.linear(gate * F.linear(x, mlp.up_proj.weight, mlp.up_proj.bias),
+                                       mlp.down_proj.weight, mlp.down_proj.bias)
+        hidden = self.rms(self.norm, hidden)
+        return F.linear(hidden[:, -1], self.head.weight, self.head.bias)
 
 
 @torch.inference_mode()
@@ -184,9 +280,10 @@ def decode(model, prompts: list[list[int]], rows: list[int], uniforms: torch.Ten
     else:
         cache.reorder_cache(index)
     mask, last = mask.index_select(0, index), positions[:, -1].index_select(0, index)
+    lean = LeanStep(model) if share and LeanStep.usable(model) else None
     with attention("gft_shared" if share else None, model):
         return decode_steps(model, cache, scores, mask, last, uniforms, draw, cap, stop_ids, record, share,
-                            last_only, len(rows))
+                            last_only, len(rows), lean)
 
 
 @contextmanager
@@ -205,7 +302,8 @@ def attention(name: str | None, model) -> Iterator[None]:
 
 def decode_steps(model, cache: Cache, scores: torch.Tensor, mask: torch.Tensor, last: torch.Tensor,
                  uniforms: torch.Tensor, draw: Draw, cap: int, stop_ids: list[int], record: bool, share: bool,
-                 last_only: dict, count: int) -> tuple[list[list[int]], list[list[float]] | None]:
+                 last_only: dict, count: int, lean: LeanStep | None = None
+                 ) -> tuple[list[list[int]], list[list[float]] | None]:
     """The token-by-token loop after the prefill (``decode``'s)."""
     device = scores.device
     live = torch.arange(count, device=device)  # request of each batch row
@@ -226,6 +324,9 @@ def decode_steps(model, cache: Cache, scores: torch.Tensor, mask: torch.Tensor, 
             cache.reorder_cache(keep)
             live, choice, mask, last, finished = live[keep], choice[keep], mask[keep], last[keep], finished[keep]
         last = last + 1
+        if lean is not None:
+            scores = lean(choice, last, cache)
+            continue
         if share:
             attend = {"attention_mask": None, "shared": cache}
         else:
