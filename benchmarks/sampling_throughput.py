@@ -3,6 +3,7 @@
     python benchmarks/sampling_throughput.py [--prompts 64] [--max-new-tokens 128] [--no-vllm]
     python benchmarks/sampling_throughput.py loops [--prompts 64] [--n 32] [--rounds 2]
     python benchmarks/sampling_throughput.py shared [--rounds 5]
+    python benchmarks/sampling_throughput.py steps [--rounds 5]
 
 Measures, on the same requests (one sample per prompt, temperature 1, per-sample seeds):
 hf batched (batch 64) vs hf one prompt at a time, and vllm vs hf batched. vLLM gets one
@@ -20,6 +21,9 @@ of reach), one thread, at evaluation's shape (64 problems x 32 samples, 64 new t
 and 512) and on-policy training's (16 prompts x K = 8, 128 new tokens, batches of 64 and 128), each
 set-up in turn ``rounds`` times in one process; prints the best and every time, and whether every
 set-up gave the same tokens.
+
+``steps``: the own loop's decoding step three ways (``steps``' docstring) at evaluation's and rollouts' shapes,
+in turn ``rounds`` times in one process; prints each one's median and its speed-up over the first.
 """
 
 from __future__ import annotations
@@ -75,15 +79,11 @@ def loops(argv: list[str]) -> None:
           f"same tokens: {tokens['own'] == tokens['transformers']}")
 
 
-def shared(argv: list[str]) -> None:
+def student_setup():
+    """The tiny student's hf backend (one thread) and its request maker: (backend, requests(prompts, n), stops)."""
     import torch
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
-    args = ap.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
-    from gftrepro.backends import decode
     from gftrepro.backends.hf import HFBackend
 
     hf_logging.set_verbosity_error()
@@ -98,7 +98,16 @@ def shared(argv: list[str]) -> None:
         return [Request(tok(format_prompt(tok, q, QWEN_MATH_COT, "auto"), add_special_tokens=False)["input_ids"],
                         sample_seed(0, pid, j)) for q, pid in zip(questions, pids, strict=True) for j in range(n)]
 
-    backend = HFBackend(model, tok, batch_size=256, device="cpu")
+    return HFBackend(model, tok, batch_size=256, device="cpu"), requests, stops
+
+
+def shared(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args(argv)
+    from gftrepro.backends import decode
+
+    backend, requests, stops = student_setup()
     shapes = {"evaluation (64 problems x 32)": (requests(64, 32), SamplingParams(1.0, 1.0, 64, stops, False),
                                                 (256, 512)),
               "rollouts (16 prompts x K 8)": (requests(16, 8), SamplingParams(1.0, 1.0, 128, stops, False),
@@ -120,6 +129,52 @@ def shared(argv: list[str]) -> None:
         print(f"{shape}: same tokens in every set-up: {len(tokens) == 1}")
 
 
+def steps(argv: list[str]) -> None:
+    """The decoding step three ways, in turn in one process: the model's forward with each prompt's run of rows
+    its own product (the loop before 2026-12-06), the same with even runs as one batched product
+    (``decode.even_attention``), and that with ``decode.LeanStep`` (the step on the weights)."""
+    import statistics
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args(argv)
+    from gftrepro.backends import decode
+
+    backend, requests, stops = student_setup()
+    usable, set_owner = decode.LeanStep.usable, decode.SharedLayer.set_owner
+
+    def runs_apart(layer, owner):
+        set_owner(layer, owner)
+        layer.even = None
+
+    setups = {"module forward, a product per run": (staticmethod(lambda model: False), runs_apart),
+              "module forward, even runs batched": (staticmethod(lambda model: False), set_owner),
+              "LeanStep, even runs batched": (staticmethod(usable), set_owner)}
+    shapes = {"evaluation (64 problems x 32, batch 256)": (requests(64, 32), SamplingParams(1.0, 1.0, 64, stops,
+                                                                                           False), 256),
+              "rollouts (16 prompts x K 8, batch 128)": (requests(16, 8), SamplingParams(1.0, 1.0, 128, stops,
+                                                                                         True), 128)}
+    print(f"tiny student, 1 thread, {os.cpu_count()} cores; median of {args.rounds} (every time, sorted)")
+    try:
+        for shape, (reqs, params, batch) in shapes.items():
+            backend.batch_size, seconds, outputs = batch, {}, set()
+            for _ in range(args.rounds):
+                for name, (lean, owner) in setups.items():
+                    decode.LeanStep.usable, decode.SharedLayer.set_owner = lean, owner
+                    t0 = time.perf_counter()
+                    out = backend.generate(reqs, params, lambda *_: None)
+                    seconds.setdefault(name, []).append(time.perf_counter() - t0)
+                    outputs.add(tuple(tuple(s.token_ids) for s in out))
+            first = statistics.median(seconds[next(iter(setups))])
+            for name, values in seconds.items():
+                median = statistics.median(values)
+                print(f"{shape:<42} {name:<36} {median:6.3f}s ({first / median:.2f}x)   "
+                      + " ".join(f"{v:.3f}" for v in sorted(values)))
+            print(f"{shape}: same tokens in every set-up: {len(outputs) == 1}")
+    finally:
+        decode.LeanStep.usable, decode.SharedLayer.set_owner = usable, set_owner
+
+
 def main() -> None:
     import sys
 
@@ -127,6 +182,8 @@ def main() -> None:
         return loops(sys.argv[2:])
     if sys.argv[1:2] == ["shared"]:
         return shared(sys.argv[2:])
+    if sys.argv[1:2] == ["steps"]:
+        return steps(sys.argv[2:])
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=128)

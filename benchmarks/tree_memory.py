@@ -64,8 +64,10 @@ def main() -> None:
         peak_rss = max([peak_rss] + [kib(p, "VmRSS", "status") for p in pids])
         time.sleep(args.every)
     print(json.dumps({"command": " ".join(command), "returncode": proc.returncode,
-                      "wall_s": round(time.perf_counter() - started, 1), "peak_tree_pss_gib": round(peak_pss / 2**20, 2),
-                      "peak_process_rss_gib": round(peak_rss / 2**20, 2), "sampled_every_s": args.every}))
+                      "wall_s": round(time.perf_counter() - started, 1),
+                      "peak_tree_pss_gib": round(peak_pss / 2**20, 2),
+                      "peak_process_rss_gib": round(peak_rss / 2**20, 2),
+                      "sampled_every_s": args.every}))
     sys.exit(proc.returncode)
 
 

@@ -208,3 +208,14 @@ def test_lean_steps_give_the_model_forwards_tokens_and_logprobs(monkeypatch, arc
     (lean_tokens, lean_lp), (plain_tokens, plain_lp) = out[True], out[False]
     assert lean_tokens == plain_tokens and len({len(t) for t in lean_tokens}) > 1  # rows left at different steps
     torch.testing.assert_close(torch.tensor(sum(lean_lp, [])), torch.tensor(sum(plain_lp, [])), atol=1e-5, rtol=0)
+
+
+def test_backends_decode_is_the_decoding_loop_module_whatever_was_imported_first():
+    """``gftrepro.backends.decode`` names the own loop's module in every import order (the package once also
+    re-exported base.decode, a function, which it named until the module was first imported: a benchmark's
+    switch set on that function reached no loop)."""
+    import subprocess
+    import sys
+
+    code = "import inspect; from gftrepro.backends import decode; assert inspect.ismodule(decode), decode"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

@@ -22,7 +22,6 @@ from gftrepro.backends.base import (
     Weights,
     cap_new_tokens,
     check_backend,
-    decode,
     finish,
     rollout_seed,
     sample_seed,
@@ -30,7 +29,7 @@ from gftrepro.backends.base import (
 from gftrepro.models import ModelRef
 
 __all__ = ["BACKENDS", "Backend", "GenerationOptions", "Progress", "Request", "Sample", "SamplingParams", "Weights",
-           "cap_new_tokens", "check_backend", "decode", "finish", "make_backend", "rollout_seed", "sample_seed"]
+           "cap_new_tokens", "check_backend", "finish", "make_backend", "rollout_seed", "sample_seed"]
 
 
 def make_backend(options: GenerationOptions, model: ModelRef, tokenizer: Any) -> Backend:
