@@ -192,6 +192,9 @@ def test_lean_steps_give_the_model_forwards_tokens_and_logprobs(monkeypatch, arc
                                                                                                **shape)
     model = AutoModelForCausalLM.from_config(config).eval()
     assert decode.LeanStep.usable(model)
+    hook = model.model.layers[0].mlp.register_forward_hook(lambda *args: None)  # a hook the lean step would skip
+    assert not decode.LeanStep.usable(model)
+    hook.remove()
     prompts = [prompt_ids(tok, q) for q in ("Compute 3 + 4.", "What is 100 - 7?", "Compute 2 * (3 + 4) - 1.")]
     rows = [i for i in range(3) for _ in range(6)]
     uniforms = torch.rand(len(rows), 30, generator=torch.Generator().manual_seed(1), dtype=torch.float64)

@@ -140,7 +140,8 @@ class SharedLayer(GrowingLayer):
         """``prompts`` in the order of the runs (one per run; the same tensors while every prompt has its run)."""
         if self.runs_laid_out is None:
             k, v = self.prompts(groups)
-            if len(self.run_prompts) != len(k) or bool((self.run_prompts != torch.arange(len(k))).any()):
+            order = torch.arange(len(k), device=k.device)
+            if len(self.run_prompts) != len(k) or bool((self.run_prompts != order).any()):
                 k, v = k.index_select(0, self.run_prompts), v.index_select(0, self.run_prompts)
             self.runs_laid_out = (k, v)
         return self.runs_laid_out
@@ -218,11 +219,17 @@ class LeanStep:
 
     @staticmethod
     def usable(model) -> bool:
-        """A Llama or Qwen2 causal LM with SiLU MLPs, plain linear layers and no logit scaling."""
+        """A Llama or Qwen2 causal LM with SiLU MLPs, no logit scaling, and plain ``nn.Linear`` projections with no
+        hooks (no adapters, quantized layers or offloading wrapped around them, whose forwards this step skips)."""
         config = model.config
-        return (type(model).__name__ in LEAN and getattr(config, "hidden_act", None) == "silu"
-                and not getattr(config, "pretraining_tp", 1) > 1 and not getattr(config, "logit_scale", None)
-                and all(type(m) is torch.nn.Linear for m in model.modules() if isinstance(m, torch.nn.Linear)))
+        if type(model).__name__ not in LEAN or getattr(config, "hidden_act", None) != "silu" or \
+                getattr(config, "pretraining_tp", 1) > 1 or getattr(config, "logit_scale", None):
+            return False
+        parts = [model.lm_head] + [getattr(layer.self_attn, f"{n}_proj") for layer in model.model.layers
+                                   for n in "qkvo"] + \
+            [getattr(layer.mlp, f"{n}_proj") for layer in model.model.layers for n in ("gate", "up", "down")]
+        return all(type(m) is torch.nn.Linear for m in parts) and \
+            not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
     @staticmethod
     def rms(norm, hidden: torch.Tensor) -> torch.Tensor:
