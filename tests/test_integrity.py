@@ -205,7 +205,7 @@ def test_parts_of_a_sharded_stage_write_together_but_never_beside_a_whole_writer
 @pytest.mark.slow
 def test_two_identical_commands_at_once_one_writes_the_other_says_so(tmp_path):
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "gftrepro.cli", "sample-self", "--run", str(run), "--limit", "128", "--n", "16",
+    args = [sys.executable, "-m", "gftrepro.cli", "sample-self", "--run", str(run), "--limit", "512", "--n", "48",
             "--shard-size", "8", "--max-new-tokens", "24"]
     first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
