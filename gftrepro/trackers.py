@@ -234,7 +234,9 @@ class Trackio:
     def floor(self) -> int | None:
         from trackio.sqlite_storage import SQLiteStorage
 
-        return SQLiteStorage.get_max_step_for_run(PROJECT, self.name)
+        # None: the store holds no step of this run (trackio writes from a background thread, so a kill can
+        # come after gft counted steps as sent and before any reached the store): all are sent again
+        return SQLiteStorage.get_max_step_for_run(PROJECT, self.name) or 0
 
     def close(self, finished: bool) -> None:
         self.run.finish()
