@@ -23,12 +23,14 @@ from torch import nn
 
 @dataclass(frozen=True)
 class Shared:
-    """The rows' distinct prompts (their ids), each row's prompt, and each row's prompt and total lengths."""
+    """The rows' distinct prompts (their ids), each row's prompt, and each row's prompt and total lengths;
+    ``copies``: the rows per prompt where every prompt has as many, in order (0,0,1,1,...), else None."""
 
     prompts: list[list[int]]
     rows: torch.Tensor  # [B] index into prompts
     starts: torch.Tensor  # [B] prompt length = first response position
     lengths: torch.Tensor  # [B] prompt + response
+    copies: int | None = None
 
 
 def full_attention(model: nn.Module) -> bool:
@@ -57,7 +59,10 @@ def shared_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, respon
     which = [distinct.setdefault(tuple(ids[i][: cut[i]]), len(distinct)) for i in range(rows)]
     if len(distinct) == rows:
         return None
-    return Shared([list(p) for p in distinct], torch.tensor(which, device=input_ids.device), starts, lengths)
+    copies = rows // len(distinct)
+    even = copies * len(distinct) == rows and which == [i // copies for i in range(rows)]
+    return Shared([list(p) for p in distinct], torch.tensor(which, device=input_ids.device), starts, lengths,
+                  copies if even else None)
 
 
 def shared_hidden(decoder: nn.Module, input_ids: torch.Tensor, shared: Shared) -> torch.Tensor:
@@ -76,7 +81,7 @@ def shared_hidden(decoder: nn.Module, input_ids: torch.Tensor, shared: Shared) -
     prompt_len = torch.tensor([len(p) for p in shared.prompts], device=device)
     last = prompt_hidden[torch.arange(len(shared.prompts), device=device), prompt_len - 1]  # [P, H]
     for layer in cache.layers:  # each row's copy of its prompt's keys and values (the gradient flows back)
-        layer.keys, layer.values = repeat_rows(layer.keys, shared.rows), repeat_rows(layer.values, shared.rows)
+        layer.keys, layer.values = repeat_rows(layer.keys, shared), repeat_rows(layer.values, shared)
     answer = shared.lengths - shared.starts
     steps = torch.arange(int(answer.max()), device=device)
     inside = steps < answer[:, None]  # [B, R]
@@ -89,15 +94,12 @@ def shared_hidden(decoder: nn.Module, input_ids: torch.Tensor, shared: Shared) -
     return scoring[inside]
 
 
-def repeat_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``x.index_select(0, rows)``; where ``rows`` is each of x's rows repeated alike in order (0,0,1,1,...: groups
-    of one size), an expand, whose gradient is a sum over the copies instead of a scatter (several times faster
-    on CPU; the same values)."""
-    copies = len(rows) // len(x)
-    if copies * len(x) == len(rows) and bool((rows == torch.arange(len(x), device=rows.device
-                                                                    ).repeat_interleave(copies)).all()):
-        return x[:, None].expand(len(x), copies, *x.shape[1:]).reshape(len(rows), *x.shape[1:])
-    return x.index_select(0, rows)
+def repeat_rows(x: torch.Tensor, shared: Shared) -> torch.Tensor:
+    """``x.index_select(0, shared.rows)``; where every prompt has ``shared.copies`` rows in order, an expand, whose
+    gradient is a sum over the copies instead of a scatter (several times faster on CPU; the same values)."""
+    if shared.copies is None:
+        return x.index_select(0, shared.rows)
+    return x[:, None].expand(len(x), shared.copies, *x.shape[1:]).reshape(len(shared.rows), *x.shape[1:])
 
 
 def scored_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
