@@ -10,7 +10,7 @@ Writes: ``<run>/build-groups/<version>/``:
 - ``manifest.json`` last, with the counts of the closing table.
 
     gft build-groups                                   # K = 8: 1 expert, 3 teacher, 4 self
-    gft build-groups --expert 2 --teacher 0 --self 6   # the paper's 2:6 ratio
+    gft build-groups --expert 1 --teacher 1 --self 6   # the paper's 2:6 ratio (1 expert + 1 teacher demo)
     gft build-groups --std population --eps 1e-4       # TRL's conventions
 
 For each prompt: A_k = (R_k - mean(R)) / (std(R) + eps) over its K responses (docs/DESIGN.md section 2).

@@ -213,13 +213,17 @@ def run_all(
                                       "trajectories (the paper's: as many sequences) [default: prompts]"),
     jobs: int | None = typer.Option(None, "--jobs", "-j", help="worker processes for the trainings and evaluations "
                                     "(0 = one per CPU core) [default: 1]"),
+    report_to: str | None = typer.Option(None, "--report-to", help="experiment trackers for every training and "
+                                         "evaluation of the run and its summary, comma-separated: tensorboard, "
+                                         "mlflow, wandb, trackio [default: none]"),
 ) -> None:
     """Run every stage: sample, verify, build groups, train each method, evaluate, compare."""
 
     def body() -> None:
         from gftrepro import pipeline
 
-        given = {"methods": methods, "seeds": seeds, "rounds": rounds, "budget": budget, "jobs": jobs}
+        given = {"methods": methods, "seeds": seeds, "rounds": rounds, "budget": budget, "jobs": jobs,
+                 "report_to": report_to}
         overrides = {k: v for k, v in given.items() if v is not None}
         pipeline.run(pipeline.run_config(config, overrides), pipeline.stage_configs(config), run)
 

@@ -85,6 +85,7 @@ def test_two_seeds_report_a_spread(tmp_path):
     ("evaluation: {}\n", [], "unknown config key 'evaluation'"),
     ("", ["--seeds", "0"], "seeds and rounds must be at least 1"),
     ("", ["--rounds", "0"], "seeds and rounds must be at least 1"),
+    ("", ["--report-to", "tensorboard,neptune"], "unknown tracker 'neptune'"),  # the flag reaches the run's config
 ])
 def test_bad_run_configs(tmp_path, text, extra, message):
     config = tmp_path / "run.yaml"
