@@ -278,7 +278,7 @@ def short_time(when: str) -> str:
 
 
 @app.command("status")
-def status(run: Path = typer.Option(DEFAULT_RUN, "--run", help="run folder"),
+def status(run: Path = typer.Option(DEFAULT_RUN, "--run", "--run-dir", help="run folder"),
            verify: bool = typer.Option(False, "--verify", help="also check every file's sha256 against its manifest "
                                        "(reads all of them)")) -> None:
     """Where a run stands: each stage's versions, complete / partial / running / damaged. A version is

@@ -107,3 +107,17 @@ def test_stages_do_not_import_each_other(stage):
 def test_no_module_is_over_400_lines():
     long = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_every_command_with_a_run_folder_takes_both_spellings():
+    """``--run`` and ``--run-dir`` name the run folder on every command that has one (``gft status`` lacked the
+    second)."""
+    import typer
+
+    from gftrepro.cli import app
+
+    group = typer.main.get_command(app)
+    commands = {name: cmd for name, cmd in group.commands.items()}
+    lacking = {name for name, cmd in commands.items() for p in cmd.params
+               if "--run" in getattr(p, "opts", []) and "--run-dir" not in p.opts}
+    assert "status" in commands and not lacking, lacking
