@@ -116,8 +116,7 @@ def test_every_command_with_a_run_folder_takes_both_spellings():
 
     from gftrepro.cli import app
 
-    group = typer.main.get_command(app)
-    commands = {name: cmd for name, cmd in group.commands.items()}
+    commands = typer.main.get_command(app).commands
     lacking = {name for name, cmd in commands.items() for p in cmd.params
                if "--run" in getattr(p, "opts", []) and "--run-dir" not in p.opts}
     assert "status" in commands and not lacking, lacking
